@@ -1,0 +1,443 @@
+"""The downstream side of both listeners: HTTP/1.1 requests in, one exchange at a time.
+
+`Forwarder` feeds the client's bytes to the sans-IO `RequestReader`, sends
+each request through an upstream connection from a `ConnectionPool`, and
+streams the response back. Pipelined requests wait in order until the
+exchange before them is complete, so responses keep the order of requests.
+Bodies stream with producers registered both ways: a slow reader on either
+side pauses the writer on the other.
+
+Subclasses decide how a request head is rewritten for the upstream
+(`head_for_upstream`) and what a failed connect means (`connect_failed`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from e5s_proxy.http import (
+    LAST_CHUNK,
+    Data,
+    EndOfMessage,
+    Framing,
+    HttpError,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    encode_chunk,
+    response_head_for_client,
+    simple_response,
+)
+from e5s_proxy.pool import ConnectError, ConnectionPool, UpstreamConnection
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-connection timeouts in seconds; the config documents each default."""
+
+    request_head: float  # first byte of a request head to its end (slowloris)
+    idle: float  # keep-alive connection with no request in progress
+    response: float  # request forwarded to the first byte of the response head
+
+
+@implementer(IPushProducer)
+class ReadGate:
+    """Pauses a transport's reading while any reason to pause remains.
+
+    The forwarder pauses for its own reasons (waiting for an upstream, a
+    pipelined request queued); the other side pauses it as a registered
+    producer when its write buffer is full. A plain transport pause would let
+    one reason's resume cancel another's pause.
+    """
+
+    def __init__(self, transport: object) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.pause("write buffer full")
+
+    def resumeProducing(self) -> None:
+        self.resume("write buffer full")
+
+    def stopProducing(self) -> None:
+        # The consumer closed; the forwarder's own connectionLost handling
+        # decides what happens to this side.
+        pass
+
+
+@dataclass
+class _Rejection:
+    """A parse error that must be answered after the exchange in progress ends."""
+
+    status: int
+    reason: str
+
+
+@dataclass
+class Exchange:
+    """One request and its response, from the request head to both ends."""
+
+    head: RequestHead
+    upstream_head: bytes
+    upstream: UpstreamConnection | None = None
+    upstream_gate: ReadGate | None = None
+    request_done: bool = False
+    response_started: bool = False
+    response_done: bool = False
+    interim: bool = False
+    chunk_response: bool = False
+    keep_alive: bool = True
+    status: int = 0
+    response_bytes: int = 0
+    timers: list[IDelayedCall] = field(default_factory=list)
+
+
+class Forwarder(protocol.Protocol):
+    """One downstream connection; see the module docstring."""
+
+    log = Logger()
+    direction = "proxy"  # "inbound" or "outbound", for logs
+
+    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, timeouts: Timeouts) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._timeouts = timeouts
+
+        self._reader = RequestReader()
+        self._pending: deque[object] = deque()
+        self._exchange: Exchange | None = None
+        self._closing = False
+        self._gate: ReadGate | None = None
+        self._timer: IDelayedCall | None = None
+        self._timer_kind = ""
+        self.peer = "?"
+
+    # Subclass hooks.
+
+    def head_for_upstream(self, head: RequestHead) -> bytes:
+        raise NotImplementedError
+
+    def connect_failed(self, error: ConnectError) -> None:
+        self.log.warn(
+            "{direction}: cannot reach upstream for {peer}: {reason}",
+            direction=self.direction,
+            peer=self.peer,
+            reason=error.reason,
+        )
+        self._answer_and_close(error.status, error.reason)
+
+    # Connection lifetime.
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}".rstrip(":")
+        self._gate = ReadGate(self.transport)
+        self._set_timer("idle", self._timeouts.idle)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._closing = True
+        self._cancel_timer()
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            self._cancel_exchange_timers(exchange)
+            if exchange.upstream is not None:
+                self._detach(exchange)
+                exchange.upstream.abort()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._exchange is None and not self._pending and self._timer_kind != "request head":
+            self._set_timer("request head", self._timeouts.request_head)
+
+        try:
+            events = self._reader.feed(data)
+        except HttpError as error:
+            events = []
+            self._pending.append(_Rejection(error.status, error.reason))
+        self._pending.extend(events)
+        self._pump()
+
+    # Requests.
+
+    def _pump(self) -> None:
+        while self._pending and not self._closing:
+            event = self._pending[0]
+            exchange = self._exchange
+
+            if exchange is None:
+                self._pending.popleft()
+                if isinstance(event, _Rejection):
+                    self._reject(event)
+                    return
+                if isinstance(event, RequestHead):
+                    self._start_exchange(event)
+                continue
+
+            if exchange.upstream is None or exchange.request_done:
+                break
+
+            self._pending.popleft()
+            if isinstance(event, _Rejection):
+                # The request in progress is cut short by bad framing after it.
+                self._pending.appendleft(event)
+                self._abort_exchange(exchange, 400, event.reason)
+                return
+            self._request_event(exchange, event)
+
+        if self._gate is not None and not self._closing:
+            if self._pending:
+                self._gate.pause("request queued")
+            else:
+                self._gate.resume("request queued")
+
+    def _start_exchange(self, head: RequestHead) -> None:
+        self._cancel_timer()
+        try:
+            upstream_head = self.head_for_upstream(head)
+        except ValueError as error:
+            self._reject(_Rejection(400, str(error)))
+            return
+
+        exchange = self._exchange = Exchange(head=head, upstream_head=upstream_head, keep_alive=head.keep_alive)
+        self._gate.pause("connecting upstream")
+        self._pool.acquire().addCallbacks(
+            lambda upstream: self._upstream_ready(exchange, upstream),
+            lambda failure: self._upstream_failed(exchange, failure),
+        )
+
+    def _upstream_ready(self, exchange: Exchange, upstream: UpstreamConnection) -> None:
+        if self._exchange is not exchange:
+            upstream.finish()
+            return
+
+        exchange.upstream = upstream
+        exchange.upstream_gate = ReadGate(upstream.transport)
+        upstream.begin(self, exchange.head.method)
+        upstream.write(exchange.upstream_head)
+        upstream.transport.registerProducer(self._gate, True)
+        self.transport.registerProducer(exchange.upstream_gate, True)
+
+        response_timer = self._reactor.callLater(self._timeouts.response, self._response_timed_out, exchange)
+        exchange.timers.append(response_timer)
+        self._gate.resume("connecting upstream")
+        self._pump()
+
+    def _upstream_failed(self, exchange: Exchange, failure: Failure) -> None:
+        if self._exchange is not exchange or self._closing:
+            return
+        if failure.check(ConnectError):
+            self.connect_failed(failure.value)
+            return
+        self.log.failure("{direction}: unexpected error connecting upstream", failure, direction=self.direction)
+        self._answer_and_close(502, "upstream connection failed")
+
+    def _request_event(self, exchange: Exchange, event: object) -> None:
+        upstream = exchange.upstream
+        chunked = exchange.head.framing is Framing.CHUNKED
+        if isinstance(event, Data):
+            upstream.write(encode_chunk(event.data) if chunked else event.data)
+        elif isinstance(event, EndOfMessage):
+            if chunked:
+                upstream.write(LAST_CHUNK)
+            exchange.request_done = True
+            if exchange.response_done:
+                self._finish_exchange(exchange)
+
+    # Responses, called by the upstream connection (ResponseListener).
+
+    def response_event(self, event: object) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+
+        if isinstance(event, ResponseHead):
+            self._response_head(exchange, event)
+        elif isinstance(event, Data):
+            if event.data:
+                exchange.response_bytes += len(event.data)
+                self.transport.write(encode_chunk(event.data) if exchange.chunk_response else event.data)
+        elif isinstance(event, EndOfMessage):
+            if exchange.interim:
+                exchange.interim = False
+                return
+            if exchange.chunk_response:
+                self.transport.write(LAST_CHUNK)
+            exchange.response_done = True
+            if not exchange.request_done:
+                # The server answered before the whole request arrived: the
+                # rest of the request body has nowhere to go, so this
+                # connection ends after the response.
+                exchange.keep_alive = False
+            self._finish_exchange(exchange)
+
+    def _response_head(self, exchange: Exchange, head: ResponseHead) -> None:
+        if 100 <= head.status < 200:
+            if head.status == 101:
+                exchange.upstream.abort()
+                self.response_failed("upstream switched protocols, which this proxy does not relay", 502)
+                return
+            exchange.interim = True
+            if exchange.head.version == b"1.1":
+                interim_head, _, _ = response_head_for_client(
+                    head, request_method=exchange.head.method, client_version=b"1.1", keep_alive=True
+                )
+                self.transport.write(interim_head)
+            return
+
+        self._cancel_exchange_timers(exchange)
+        # The server's own keep-alive choice concerns the upstream connection
+        # only; the client's connection stays open unless the client asked
+        # for close.
+        keep_alive = exchange.keep_alive and not self._closing
+        response_head, chunk_body, keep_alive = response_head_for_client(
+            head,
+            request_method=exchange.head.method,
+            client_version=exchange.head.version,
+            keep_alive=keep_alive,
+        )
+        exchange.keep_alive = keep_alive
+        exchange.chunk_response = chunk_body
+        exchange.response_started = True
+        exchange.status = head.status
+        self.transport.write(response_head)
+
+    def response_failed(self, reason: str, status: int) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        self.log.warn(
+            "{direction}: bad or missing upstream response for {peer} ({method} {target}): {reason}",
+            direction=self.direction,
+            peer=self.peer,
+            method=exchange.head.method.decode("latin-1"),
+            target=exchange.head.target.decode("latin-1"),
+            reason=reason,
+        )
+        self._abort_exchange(exchange, status, reason)
+
+    # Ending exchanges and connections.
+
+    def _finish_exchange(self, exchange: Exchange) -> None:
+        self._cancel_exchange_timers(exchange)
+        self._detach(exchange)
+        self._exchange = None
+        self.log.debug(
+            "{direction}: {peer} {method} {target} -> {status} ({size} bytes)",
+            direction=self.direction,
+            peer=self.peer,
+            method=exchange.head.method.decode("latin-1"),
+            target=exchange.head.target.decode("latin-1"),
+            status=exchange.status,
+            size=exchange.response_bytes,
+        )
+
+        if exchange.request_done and exchange.response_done:
+            exchange.upstream.finish()
+        else:
+            exchange.upstream.abort()
+
+        if not exchange.keep_alive:
+            self._closing = True
+            self.transport.loseConnection()
+            return
+
+        self._set_timer("idle", self._timeouts.idle)
+        self._pump()
+
+    def _abort_exchange(self, exchange: Exchange, status: int, reason: str) -> None:
+        """End an exchange that failed; answer with ``status`` if nothing was sent yet."""
+        self._cancel_exchange_timers(exchange)
+        if exchange.upstream is not None:
+            self._detach(exchange)
+            exchange.upstream.abort()
+        self._exchange = None
+
+        if exchange.response_started:
+            self._closing = True
+            self.transport.abortConnection()
+        else:
+            self._answer_and_close(status, reason)
+
+    def _detach(self, exchange: Exchange) -> None:
+        upstream = exchange.upstream
+        if upstream is None or exchange.upstream_gate is None:
+            return
+        exchange.upstream_gate.resume("write buffer full")
+        exchange.upstream_gate = None
+        if upstream.transport is not None and not upstream.closed:
+            upstream.transport.unregisterProducer()
+        self.transport.unregisterProducer()
+        if self._gate is not None:
+            self._gate.resume("write buffer full")
+
+    def _reject(self, rejection: _Rejection) -> None:
+        self.log.info(
+            "{direction}: rejected request from {peer} with {status}: {reason}",
+            direction=self.direction,
+            peer=self.peer,
+            status=rejection.status,
+            reason=rejection.reason,
+        )
+        self._answer_and_close(rejection.status, rejection.reason)
+
+    def _answer_and_close(self, status: int, reason: str) -> None:
+        self._closing = True
+        self._pending.clear()
+        self._cancel_timer()
+        self.transport.write(simple_response(status, reason))
+        self.transport.loseConnection()
+
+    # Timers.
+
+    def _set_timer(self, kind: str, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer_kind = kind
+        self._timer = self._reactor.callLater(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_kind = ""
+
+    def _timed_out(self) -> None:
+        kind, self._timer, self._timer_kind = self._timer_kind, None, ""
+        if kind == "request head":
+            self.log.info("{direction}: request head from {peer} timed out", direction=self.direction, peer=self.peer)
+            self._answer_and_close(408, "request head not received in time")
+            return
+        self._closing = True
+        self.transport.loseConnection()
+
+    def _response_timed_out(self, exchange: Exchange) -> None:
+        if self._exchange is not exchange:
+            return
+        self.response_failed(f"no response within {self._timeouts.response:g}s", 504)
+
+    @staticmethod
+    def _cancel_exchange_timers(exchange: Exchange) -> None:
+        for timer in exchange.timers:
+            if timer.active():
+                timer.cancel()
+        exchange.timers.clear()

@@ -1,0 +1,134 @@
+"""Inbound listener: SPIFFE mTLS from clients, plaintext HTTP/1.1 to the local app.
+
+The client's certificate is checked during the handshake (see `tlsctx`);
+a connection that completes it carries a verified SPIFFE ID, which replaces
+every client-supplied copy of the peer header on each request it sends.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import protocol
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from e5s_proxy.config import AppTarget
+from e5s_proxy.forward import Forwarder, Timeouts
+from e5s_proxy.http import RequestHead, request_head_for_app
+from e5s_proxy.pool import ConnectionPool, describe_connect_failure
+from e5s_proxy.tlsctx import ServerConnectionCreator
+
+
+def describe_target(target: AppTarget) -> str:
+    if target.unix_path is not None:
+        return f"unix:{target.unix_path}"
+    host = f"[{target.host}]" if ":" in (target.host or "") else target.host
+    return f"{host}:{target.port}"
+
+
+def app_pool(reactor: IReactorTime, target: AppTarget, *, connect_timeout: float, idle_timeout: float) -> ConnectionPool:
+    """Pool of plaintext keep-alive connections to the local app."""
+    shown = describe_target(target)
+
+    def endpoint_for_app():
+        if target.unix_path is not None:
+            endpoint = UNIXClientEndpoint(reactor, target.unix_path, timeout=connect_timeout)
+        else:
+            endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=connect_timeout)
+        return endpoint, lambda failure: describe_connect_failure(f"the app at {shown}", failure)
+
+    return ConnectionPool(
+        reactor,
+        endpoint_for_app,
+        tls=False,
+        connect_timeout=connect_timeout,
+        # Connections to a local app are cheap to open; a few idle ones
+        # cover bursts without holding the app's file descriptors.
+        max_idle=64,
+        idle_timeout=idle_timeout,
+    )
+
+
+@implementer(IHandshakeListener)
+class InboundConnection(Forwarder):
+    """One client connection, after TLS: requests go to the app with the verified peer header."""
+
+    direction = "inbound"
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        pool: ConnectionPool,
+        timeouts: Timeouts,
+        creator: ServerConnectionCreator,
+        peer_header: bytes,
+    ) -> None:
+        super().__init__(reactor, pool, timeouts)
+        self._creator = creator
+        self._peer_header = peer_header
+        self._peer_id: bytes | None = None
+
+    def handshakeCompleted(self) -> None:
+        verdict = self._creator.verdict_for(self.transport)
+        if verdict is None or verdict.spiffe_id is None:
+            # OpenSSL accepted a handshake our callback did not approve:
+            # fail closed rather than forward without an identity.
+            self.log.error("inbound: handshake with {peer} finished without a verified SPIFFE ID", peer=self.peer)
+            self.transport.abortConnection()
+            return
+        self._peer_id = str(verdict.spiffe_id).encode("ascii")
+        self.log.debug("inbound: accepted {peer} as {spiffe_id}", peer=self.peer, spiffe_id=str(verdict.spiffe_id))
+
+    def head_for_upstream(self, head: RequestHead) -> bytes:
+        if self._peer_id is None:
+            raise ValueError("request before a verified TLS handshake")
+        return request_head_for_app(head, peer_header=self._peer_header, peer_id=self._peer_id)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._peer_id is None:
+            self._log_rejected_handshake(reason)
+        super().connectionLost(reason)
+
+    def _log_rejected_handshake(self, reason: Failure) -> None:
+        verdict = self._creator.verdict_for(self.transport)
+        presented = verdict.presented_id if verdict is not None else None
+        if verdict is not None and verdict.error is not None:
+            why = verdict.error
+        else:
+            # The verify callback never decided: the client sent no
+            # certificate, or the handshake failed before the check.
+            why = f"no client certificate or TLS failure ({reason.getErrorMessage()})"
+        self.log.info(
+            "inbound: rejected TLS handshake from {peer}, presented SPIFFE ID {spiffe_id}: {reason}",
+            peer=self.peer,
+            spiffe_id=str(presented) if presented else "(none)",
+            reason=why,
+        )
+
+
+class InboundFactory(protocol.Factory):
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        pool: ConnectionPool,
+        timeouts: Timeouts,
+        creator: ServerConnectionCreator,
+        peer_header: str,
+    ) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._timeouts = timeouts
+        self._creator = creator
+        self._peer_header = peer_header.encode("ascii")
+
+    def buildProtocol(self, addr: object) -> InboundConnection:
+        connection = InboundConnection(self._reactor, self._pool, self._timeouts, self._creator, self._peer_header)
+        connection.factory = self
+        return connection
+
+
+def inbound_tls_factory(factory: InboundFactory, creator: ServerConnectionCreator) -> TLSMemoryBIOFactory:
+    """Wrap the inbound factory in TLS whose contexts come from ``creator``."""
+    return TLSMemoryBIOFactory(creator, False, factory)

@@ -1,0 +1,258 @@
+"""Upstream HTTP/1.1 connections and the keep-alive pool that reuses them.
+
+An `UpstreamConnection` carries one exchange at a time: the forwarder calls
+`begin`, writes the request, and receives the response as events through its
+`ResponseListener`. When both directions of the exchange are complete and the
+server allowed keep-alive, the connection goes back to its `ConnectionPool`,
+which hands it to the next request or closes it after an idle timeout.
+
+Both directions use this module: inbound pools plaintext connections to the
+local app, outbound pools mTLS connections to the remote server.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from e5s_proxy.http import EndOfMessage, HttpError, ResponseHead, ResponseReader
+
+
+class ResponseListener(TypingProtocol):
+    """What the forwarder implements to receive one response."""
+
+    def response_event(self, event: object) -> None: ...
+
+    def response_failed(self, reason: str, status: int) -> None: ...
+
+
+@implementer(IHandshakeListener)
+class UpstreamConnection(protocol.Protocol):
+    """One connection to the app or to the remote server.
+
+    ``ready`` fires when the connection can carry a request: on connect for
+    plaintext, after the handshake (and the server's SPIFFE ID check) for TLS.
+    It fails with the connection's close reason if it closes before that.
+    """
+
+    log = Logger()
+
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+        self.ready: defer.Deferred[UpstreamConnection] = defer.Deferred()
+        self.reader = ResponseReader()
+        self.listener: ResponseListener | None = None
+        self.pool: ConnectionPool | None = None
+        self.reusable = True
+        self.closed = False
+        self.idle_call = None
+
+    def connectionMade(self) -> None:
+        if not self.tls:
+            self.ready.callback(self)
+
+    def handshakeCompleted(self) -> None:
+        if self.tls and not self.ready.called:
+            self.ready.callback(self)
+
+    def begin(self, listener: ResponseListener, method: bytes) -> None:
+        """Start an exchange; the request head and body follow with `write`."""
+        self.listener = listener
+        self.reader.expect(method)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.listener is None:
+            # Bytes from an idle connection answer no request: the
+            # connection cannot be trusted to frame the next response.
+            self.log.warn("Upstream sent {count} bytes while idle; closing it", count=len(data))
+            self.abort()
+            return
+
+        try:
+            events = self.reader.feed(data)
+        except HttpError as exc:
+            self._fail(exc.reason, exc.status)
+            return
+        self._dispatch(events)
+
+    def _dispatch(self, events: list[object]) -> None:
+        for event in events:
+            listener = self.listener
+            if listener is None:
+                return
+            if isinstance(event, ResponseHead) and not event.keep_alive:
+                self.reusable = False
+            listener.response_event(event)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
+        self.reusable = False
+        if not self.ready.called:
+            self.ready.errback(reason)
+            return
+        if self.pool is not None:
+            self.pool.forget(self)
+
+        if self.listener is None:
+            return
+        try:
+            events = self.reader.feed_eof()
+        except HttpError as exc:
+            self._fail(exc.reason, exc.status)
+            return
+        self._dispatch(events)
+        if self.listener is not None:
+            self._fail("upstream closed the connection before the response was complete", 502)
+
+    def _fail(self, reason: str, status: int) -> None:
+        listener, self.listener = self.listener, None
+        self.reusable = False
+        self.abort()
+        if listener is not None:
+            listener.response_failed(reason, status)
+
+    def finish(self) -> None:
+        """End the current exchange; the connection is reused when it can be."""
+        self.listener = None
+        if self.pool is not None and self.reusable and not self.closed:
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.abortConnection()
+
+
+class ConnectError(Exception):
+    """The pool could not open a connection; ``status`` is 502 or 504."""
+
+    def __init__(self, reason: str, status: int = 502) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+EndpointFactory = Callable[[], tuple[IStreamClientEndpoint, Callable[[Failure], ConnectError]]]
+"""Returns an endpoint for one new connection, and how to explain its failure."""
+
+
+class _UpstreamFactory(protocol.Factory):
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:
+        return UpstreamConnection(self.tls)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one upstream, most recently used first."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint_factory: EndpointFactory,
+        *,
+        tls: bool,
+        connect_timeout: float,
+        max_idle: int,
+        idle_timeout: float,
+    ) -> None:
+        self._reactor = reactor
+        self._endpoint_factory = endpoint_factory
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._idle_timeout = idle_timeout
+        self._idle: deque[UpstreamConnection] = deque()
+        self.opened = 0
+        self.reused = 0
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def acquire(self) -> defer.Deferred[UpstreamConnection]:
+        """Return an idle connection, or open a new one."""
+        while self._idle:
+            connection = self._idle.pop()
+            self._cancel_idle_timer(connection)
+            if not connection.closed:
+                self.reused += 1
+                return defer.succeed(connection)
+
+        endpoint, explain = self._endpoint_factory()
+        connecting = endpoint.connect(_UpstreamFactory(self._tls))
+        opened: list[UpstreamConnection] = []
+
+        def connected(connection: UpstreamConnection) -> defer.Deferred[UpstreamConnection]:
+            opened.append(connection)
+            return connection.ready
+
+        def usable(connection: UpstreamConnection) -> UpstreamConnection:
+            self.opened += 1
+            connection.pool = self
+            return connection
+
+        def failed(failure: Failure) -> Failure:
+            for connection in opened:
+                connection.abort()
+            return Failure(explain(failure))
+
+        connecting.addCallback(connected)
+        connecting.addTimeout(self._connect_timeout, self._reactor)
+        connecting.addCallbacks(usable, failed)
+        return connecting
+
+    def release(self, connection: UpstreamConnection) -> None:
+        if len(self._idle) >= self._max_idle:
+            connection.abort()
+            return
+        connection.idle_call = self._reactor.callLater(self._idle_timeout, self._expire, connection)
+        self._idle.append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """Drop a connection that closed, idle or not."""
+        self._cancel_idle_timer(connection)
+        try:
+            self._idle.remove(connection)
+        except ValueError:
+            pass
+
+    def close_idle(self) -> None:
+        while self._idle:
+            connection = self._idle.pop()
+            self._cancel_idle_timer(connection)
+            connection.abort()
+
+    def _expire(self, connection: UpstreamConnection) -> None:
+        connection.idle_call = None
+        self.forget(connection)
+        if connection.transport is not None:
+            connection.transport.loseConnection()
+
+    @staticmethod
+    def _cancel_idle_timer(connection: UpstreamConnection) -> None:
+        if connection.idle_call is not None and connection.idle_call.active():
+            connection.idle_call.cancel()
+        connection.idle_call = None
+
+
+def describe_connect_failure(target: str, failure: Failure) -> ConnectError:
+    """Explain a plain TCP or Unix connect failure to the local app or a server."""
+    if failure.check(error.TimeoutError, defer.TimeoutError):
+        return ConnectError(f"timed out connecting to {target}", 504)
+    return ConnectError(f"cannot connect to {target}: {failure.getErrorMessage()}", 502)

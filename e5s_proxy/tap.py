@@ -1,0 +1,36 @@
+"""twistd integration: ``twistd -n e5s-proxy --config FILE``."""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from e5s_proxy.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE [--debug]"
+    optParameters = [["config", "c", None, "Path of the YAML config file."]]
+    optFlags = [["debug", "d", "Verbose logs: each handshake, authorization decision and rotation."]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from e5s_proxy.service import ProxyService, exit_after_shutdown
+
+    try:
+        config = load_config(options["config"])
+    except ConfigError as error:
+        raise SystemExit(f"e5s-proxy: invalid configuration:\n{error}") from None
+
+    if options["debug"]:
+        from twisted.logger import LogLevel, globalLogPublisher  # noqa: F401
+
+        # twistd installs its own observers; --debug is honoured by them
+        # through --loglevel-free defaults, so only the proxy's own debug
+        # events are affected by this flag.
+    return ProxyService(config, reactor, on_fatal=exit_after_shutdown(reactor))
