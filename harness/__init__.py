@@ -1,0 +1,1 @@
+"""Test and demo harness: real SPIRE processes and backend apps."""

@@ -1,0 +1,3 @@
+module e5s-proxy/harness/echo_app
+
+go 1.22
