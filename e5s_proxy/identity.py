@@ -11,6 +11,7 @@ proxy keeps serving with the last snapshot.
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,6 +211,8 @@ class WorkloadApiSource:
         from spiffe import WorkloadApiClient
         from spiffe.errors import ArgumentError
 
+        if not os.path.exists(self._socket_path):
+            return False, "the socket does not exist"
         try:
             client = WorkloadApiClient(socket_path=f"unix:{self._socket_path}")
         except ArgumentError as error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -92,6 +92,11 @@ class InboundConnection(Forwarder):
         super().connectionLost(reason)
 
     def _log_rejected_handshake(self, reason: Failure) -> None:
+        if getattr(self.transport, "bytes_received", 1) == 0:
+            # A TCP probe (a port check, a load balancer) that never started
+            # TLS: not worth an info line per probe.
+            self.log.debug("inbound: {peer} closed before starting TLS", peer=self.peer)
+            return
         verdict = self._creator.verdict_for(self.transport)
         presented = verdict.presented_id if verdict is not None else None
         if verdict is not None and verdict.error is not None:
@@ -109,6 +114,8 @@ class InboundConnection(Forwarder):
 
 
 class InboundFactory(protocol.Factory):
+    noisy = False
+
     def __init__(
         self,
         reactor: IReactorTime,
@@ -129,6 +136,19 @@ class InboundFactory(protocol.Factory):
         return connection
 
 
+class _CountingTLSProtocol(TLSMemoryBIOProtocol):
+    """TLS that counts the bytes received, so probes can be told from failed handshakes."""
+
+    bytes_received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        super().dataReceived(data)
+
+
 def inbound_tls_factory(factory: InboundFactory, creator: ServerConnectionCreator) -> TLSMemoryBIOFactory:
     """Wrap the inbound factory in TLS whose contexts come from ``creator``."""
-    return TLSMemoryBIOFactory(creator, False, factory)
+    tls_factory = TLSMemoryBIOFactory(creator, False, factory)
+    tls_factory.protocol = _CountingTLSProtocol
+    tls_factory.noisy = False
+    return tls_factory

@@ -105,6 +105,8 @@ class OutboundConnection(Forwarder):
 
 
 class OutboundFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, reactor: IReactorTime, pool: ConnectionPool, timeouts: Timeouts, config: ClientConfig) -> None:
         self._reactor = reactor
         self._pool = pool

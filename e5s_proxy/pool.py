@@ -149,6 +149,8 @@ EndpointFactory = Callable[[], tuple[IStreamClientEndpoint, Callable[[Failure], 
 
 
 class _UpstreamFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, tls: bool) -> None:
         self.tls = tls
 

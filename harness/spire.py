@@ -556,6 +556,14 @@ class SpireLab:
             agent.start()
             self.startup_seconds[name] = time.monotonic() - started
 
+    def add_agent(self, name: str) -> SpireAgent:
+        """Start one more agent (one more simulated node) of this lab's server."""
+        assert self.server is not None and self.bin_dir is not None
+        agent = SpireAgent(self._workdir(name), self.server, self.server.join_token(), self.bin_dir)
+        self.agents[name] = agent
+        agent.start()
+        return agent
+
     @property
     def node_a(self) -> SpireAgent:
         return self.agents["node-a"]
