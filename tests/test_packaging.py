@@ -1,32 +1,11 @@
-"""A built wheel gives both entry points: ``e5s-proxy`` and the twistd plugin."""
+"""A built wheel gives both entry points: ``e5s-proxy`` and the twistd plugin.
+
+The ``wheel_venv`` fixture is in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
 import subprocess
-import sys
-import venv
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory):
-    """A fresh virtualenv with e5s-proxy installed from a wheel built from this tree."""
-    work = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(work / "dist"), str(ROOT)],
-        check=True,
-        timeout=300,
-    )
-    wheel = next((work / "dist").glob("e5s_proxy-*.whl"))
-    venv.create(work / "venv", with_pip=True)
-    python = work / "venv" / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], check=True, timeout=600)
-    return work / "venv" / "bin"
-
 
 def test_wheel_contains_twistd_plugin(wheel_venv):
     listing = subprocess.run(
