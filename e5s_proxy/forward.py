@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -105,6 +105,7 @@ class Exchange:
     response_started: bool = False
     response_done: bool = False
     interim: bool = False
+    switching: bool = False  # a 101 was relayed; the tunnel starts at its end
     chunk_response: bool = False
     keep_alive: bool = True
     status: int = 0
@@ -112,6 +113,7 @@ class Exchange:
     timers: list[IDelayedCall] = field(default_factory=list)
 
 
+@implementer(IHalfCloseableProtocol)
 class Forwarder(protocol.Protocol):
     """One downstream connection; see the module docstring."""
 
@@ -130,6 +132,8 @@ class Forwarder(protocol.Protocol):
         self._gate: ReadGate | None = None
         self._timer: IDelayedCall | None = None
         self._timer_kind = ""
+        self._tunnel: UpstreamConnection | None = None
+        self._client_eof = False
         self.peer = "?"
 
     # Subclass hooks.
@@ -157,6 +161,10 @@ class Forwarder(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closing = True
         self._cancel_timer()
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel.transport.loseConnection()
+            return
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             self._cancel_exchange_timers(exchange)
@@ -164,7 +172,29 @@ class Forwarder(protocol.Protocol):
                 self._detach(exchange)
                 exchange.upstream.abort()
 
+    def readConnectionLost(self) -> None:
+        """The client half-closed (plaintext only): finish what it sent, then close."""
+        if self._tunnel is not None:
+            self._end_tunnel_write(self._tunnel)
+            return
+        self._client_eof = True
+        try:
+            self._reader.feed_eof()
+        except HttpError as error:
+            self._pending.append(_Rejection(error.status, error.reason))
+            self._pump()
+            return
+        if self._exchange is None and not self._pending:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
         if self._closing:
             return
         if self._exchange is None and not self._pending and self._timer_kind != "request head":
@@ -210,6 +240,10 @@ class Forwarder(protocol.Protocol):
                 self._gate.pause("request queued")
             else:
                 self._gate.resume("request queued")
+            if self._reader.paused:
+                # Bytes after an upgrade request wait, unparsed, for the
+                # server's answer; stop reading so they cannot pile up.
+                self._gate.pause("upgrade pending")
 
     def _start_exchange(self, head: RequestHead) -> None:
         self._cancel_timer()
@@ -233,7 +267,7 @@ class Forwarder(protocol.Protocol):
 
         exchange.upstream = upstream
         exchange.upstream_gate = ReadGate(upstream.transport)
-        upstream.begin(self, exchange.head.method)
+        upstream.begin(self, exchange.head.method, upgrade=exchange.head.upgrade is not None)
         upstream.write(exchange.upstream_head)
         upstream.transport.registerProducer(self._gate, True)
         self.transport.registerProducer(exchange.upstream_gate, True)
@@ -278,6 +312,9 @@ class Forwarder(protocol.Protocol):
                 exchange.response_bytes += len(event.data)
                 self.transport.write(encode_chunk(event.data) if exchange.chunk_response else event.data)
         elif isinstance(event, EndOfMessage):
+            if exchange.switching:
+                self._start_tunnel(exchange)
+                return
             if exchange.interim:
                 exchange.interim = False
                 return
@@ -292,11 +329,20 @@ class Forwarder(protocol.Protocol):
             self._finish_exchange(exchange)
 
     def _response_head(self, exchange: Exchange, head: ResponseHead) -> None:
+        if head.status == 101:
+            # The reader only lets a 101 through for a request that asked
+            # for an upgrade; the tunnel starts after its end of message.
+            switch_head, _, _ = response_head_for_client(
+                head, request_method=exchange.head.method, client_version=exchange.head.version, keep_alive=True
+            )
+            self._cancel_exchange_timers(exchange)
+            exchange.switching = True
+            exchange.response_started = True
+            exchange.status = 101
+            self.transport.write(switch_head)
+            return
+
         if 100 <= head.status < 200:
-            if head.status == 101:
-                exchange.upstream.abort()
-                self.response_failed("upstream switched protocols, which this proxy does not relay", 502)
-                return
             exchange.interim = True
             if exchange.head.version == b"1.1":
                 interim_head, _, _ = response_head_for_client(
@@ -321,6 +367,51 @@ class Forwarder(protocol.Protocol):
         exchange.response_started = True
         exchange.status = head.status
         self.transport.write(response_head)
+
+    # Tunnels after 101 Switching Protocols.
+
+    def _start_tunnel(self, exchange: Exchange) -> None:
+        upstream = exchange.upstream
+        self._exchange = None
+        self._tunnel = upstream
+        self._cancel_timer()
+        self.log.debug(
+            "{direction}: {peer} switched to {protocol}; relaying bytes",
+            direction=self.direction,
+            peer=self.peer,
+            protocol=exchange.head.upgrade.decode("latin-1"),
+        )
+
+        from_upstream = upstream.start_tunnel()
+        from_client = self._reader.take_remaining()
+        self._pending.clear()
+        self._gate.resume("request queued")
+        self._gate.resume("upgrade pending")
+        if from_upstream:
+            self.transport.write(from_upstream)
+        if from_client:
+            upstream.write(from_client)
+        if self._client_eof:
+            self._end_tunnel_write(upstream)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def tunnel_closed(self) -> None:
+        """The upstream side of the tunnel ended; close this side once its writes are sent."""
+        if not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+
+    @staticmethod
+    def _end_tunnel_write(upstream: UpstreamConnection) -> None:
+        # A plaintext upstream (the local app) can be half-closed; over TLS,
+        # Twisted offers no half-close, so the connection closes after its
+        # pending writes.
+        if IHalfCloseableProtocol.providedBy(upstream) and not upstream.tls:
+            upstream.transport.loseWriteConnection()
+        else:
+            upstream.transport.loseConnection()
 
     def response_failed(self, reason: str, status: int) -> None:
         exchange = self._exchange
@@ -357,10 +448,18 @@ class Forwarder(protocol.Protocol):
         else:
             exchange.upstream.abort()
 
-        if not exchange.keep_alive:
+        if not exchange.keep_alive or (self._client_eof and not self._pending):
             self._closing = True
             self.transport.loseConnection()
             return
+
+        if self._reader.paused:
+            # The server declined the upgrade: HTTP/1.1 goes on.
+            self._gate.resume("upgrade pending")
+            try:
+                self._pending.extend(self._reader.resume())
+            except HttpError as error:
+                self._pending.append(_Rejection(error.status, error.reason))
 
         self._set_timer("idle", self._timeouts.idle)
         self._pump()

@@ -17,7 +17,12 @@ from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer, error, protocol
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,8 +37,12 @@ class ResponseListener(TypingProtocol):
 
     def response_failed(self, reason: str, status: int) -> None: ...
 
+    def tunnel_data(self, data: bytes) -> None: ...
 
-@implementer(IHandshakeListener)
+    def tunnel_closed(self) -> None: ...
+
+
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class UpstreamConnection(protocol.Protocol):
     """One connection to the app or to the remote server.
 
@@ -53,6 +62,7 @@ class UpstreamConnection(protocol.Protocol):
         self.reusable = True
         self.closed = False
         self.idle_call = None
+        self.tunnel: ResponseListener | None = None
 
     def connectionMade(self) -> None:
         if not self.tls:
@@ -62,15 +72,30 @@ class UpstreamConnection(protocol.Protocol):
         if self.tls and not self.ready.called:
             self.ready.callback(self)
 
-    def begin(self, listener: ResponseListener, method: bytes) -> None:
+    def begin(self, listener: ResponseListener, method: bytes, *, upgrade: bool = False) -> None:
         """Start an exchange; the request head and body follow with `write`."""
         self.listener = listener
-        self.reader.expect(method)
+        self.reader.expect(method, upgrade=upgrade)
+
+    def start_tunnel(self) -> bytes:
+        """Relay raw bytes to the listener from now on; return those already read.
+
+        Called after a 101 response: the connection now carries another
+        protocol and never returns to the pool.
+        """
+        self.tunnel, self.listener = self.listener, None
+        self.reusable = False
+        self.pool = None
+        return self.reader.take_remaining()
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_data(data)
+            return
+
         if self.listener is None:
             # Bytes from an idle connection answer no request: the
             # connection cannot be trusted to frame the next response.
@@ -94,9 +119,23 @@ class UpstreamConnection(protocol.Protocol):
                 self.reusable = False
             listener.response_event(event)
 
+    def readConnectionLost(self) -> None:
+        """The upstream half-closed: end a tunnel's direction, or treat it as a close."""
+        if self.tunnel is not None:
+            self.tunnel.tunnel_closed()
+            return
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
         self.reusable = False
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.tunnel_closed()
+            return
         if not self.ready.called:
             self.ready.errback(reason)
             return

@@ -570,7 +570,13 @@ class _Reader:
 
 
 class RequestReader(_Reader):
-    """Read the requests a client sends on one connection."""
+    """Read the requests a client sends on one connection.
+
+    After a request that asks for an upgrade, the reader stops parsing:
+    bytes that follow may belong to the new protocol. The caller then
+    either calls `resume` (the server declined, so HTTP/1.1 goes on) or
+    `take_remaining` (the server switched protocols).
+    """
 
     def __init__(
         self,
@@ -587,12 +593,33 @@ class RequestReader(_Reader):
                 max_header_count=max_header_count,
             )
         )
+        self._upgrade_requested = False
+        self.paused = False
+        self._detached = False
 
     def feed(self, data: bytes) -> list[RequestHead | Data | EndOfMessage]:
         """Add received bytes and return the events they complete."""
         self._check_alive()
         self._buf += data
+        if self.paused:
+            return []
+        return self._parse_buffered()
 
+    def resume(self) -> list[RequestHead | Data | EndOfMessage]:
+        """Parse on after an upgrade request the server declined."""
+        self._check_alive()
+        self.paused = False
+        return self._parse_buffered()
+
+    def take_remaining(self) -> bytes:
+        """End HTTP parsing after a switch of protocols; return the bytes not parsed."""
+        remaining = bytes(self._buf)
+        self._buf.clear()
+        self._detached = True
+        self._closed = True
+        return remaining
+
+    def _parse_buffered(self) -> list[RequestHead | Data | EndOfMessage]:
         events: list[RequestHead | Data | EndOfMessage] = []
         try:
             self._read_events(events)
@@ -613,6 +640,8 @@ class RequestReader(_Reader):
             if self._body is not None:
                 if not self._read_body(events):
                     return
+                if self._pause_for_upgrade():
+                    return
                 continue
 
             # RFC 9112 section 2.2: ignore empty lines before a request-line.
@@ -626,10 +655,20 @@ class RequestReader(_Reader):
             request = self._parse_head(head)
             events.append(request)
 
+            self._upgrade_requested = request.upgrade is not None
             if request.framing is Framing.NONE or request.content_length == 0:
                 events.append(EndOfMessage())
+                if self._pause_for_upgrade():
+                    return
             else:
                 self._body = _Body(request.framing, request.content_length, self._limits)
+
+    def _pause_for_upgrade(self) -> bool:
+        if not self._upgrade_requested:
+            return False
+        self._upgrade_requested = False
+        self.paused = True
+        return True
 
     def _parse_head(self, head: bytes) -> RequestHead:
         limits = self._limits
@@ -726,15 +765,31 @@ class ResponseReader(_Reader):
             )
         )
         self._methods: collections.deque[bytes] = collections.deque()
+        self._upgrades: collections.deque[bool] = collections.deque()
+        self.switched = False
 
-    def expect(self, request_method: bytes) -> None:
-        """Announce a request sent on this connection, in sending order."""
+    def expect(self, request_method: bytes, *, upgrade: bool = False) -> None:
+        """Announce a request sent on this connection, in sending order.
+
+        ``upgrade`` says the request asked for a protocol switch, so a 101
+        answer is allowed; any other 101 is a bad response.
+        """
         self._methods.append(request_method)
+        self._upgrades.append(upgrade)
+
+    def take_remaining(self) -> bytes:
+        """End HTTP parsing after a 101; return the bytes that followed its head."""
+        remaining = bytes(self._buf)
+        self._buf.clear()
+        self._closed = True
+        return remaining
 
     def feed(self, data: bytes) -> list[ResponseHead | Data | EndOfMessage]:
         """Add received bytes and return the events they complete."""
         self._check_alive()
         self._buf += data
+        if self.switched:
+            return []
 
         events: list[ResponseHead | Data | EndOfMessage] = []
         try:
@@ -777,19 +832,29 @@ class ResponseReader(_Reader):
             if head is None:
                 return
 
-            response = self._parse_head(head, self._methods[0])
+            response = self._parse_head(head, self._methods[0], self._upgrades[0])
             events.append(response)
+
+            if response.status == 101:
+                # The connection now carries another protocol: what follows
+                # is for take_remaining, not for this parser.
+                self._methods.popleft()
+                self._upgrades.popleft()
+                self.switched = True
+                events.append(EndOfMessage())
+                return
 
             # An interim response leaves the request waiting for its final one.
             if response.status >= 200:
                 self._methods.popleft()
+                self._upgrades.popleft()
 
             if response.framing is Framing.NONE or response.content_length == 0:
                 events.append(EndOfMessage())
             else:
                 self._body = _Body(response.framing, response.content_length, self._limits)
 
-    def _parse_head(self, head: bytes, request_method: bytes) -> ResponseHead:
+    def _parse_head(self, head: bytes, request_method: bytes, upgrade_requested: bool) -> ResponseHead:
         limits = self._limits
         status_line, headers = _split_head(head, limits)
 
@@ -804,8 +869,8 @@ class ResponseReader(_Reader):
         if not 100 <= status <= 599:
             raise limits.bad(f"invalid status code {status}")
 
-        if status == 101:
-            raise limits.bad("unexpected 101 Switching Protocols: upgrades are not supported")
+        if status == 101 and not upgrade_requested:
+            raise limits.bad("101 Switching Protocols to a request that asked for no upgrade")
 
         # RFC 9112 section 4: status-code SP [ reason-phrase ]. Some servers
         # drop the SP when the reason is empty, so it is optional here.

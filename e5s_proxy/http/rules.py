@@ -90,6 +90,7 @@ def request_head_for_app(
 
     fields.append((peer_header, peer_id))
     fields.extend(_request_framing(head))
+    fields.extend(_upgrade_fields(head))
 
     return _serialize(_request_line(head.method, head.target), fields)
 
@@ -120,6 +121,7 @@ def request_head_for_upstream(
         if name.lower() != b"host"
     )
     fields.extend(_request_framing(head))
+    fields.extend(_upgrade_fields(head))
 
     target = _upstream_target(head.target, path_prefix.rstrip(b"/"))
     return _serialize(_request_line(head.method, target), fields)
@@ -165,7 +167,11 @@ def response_head_for_client(
     else:
         keep_alive = False
 
-    if head.status >= 200:
+    if head.status == 101:
+        # The switch itself is hop-by-hop, and this hop keeps it.
+        fields.extend((name, value) for name, value in head.headers if name.lower() == b"upgrade")
+        fields.append((b"Connection", b"upgrade"))
+    elif head.status >= 200:
         if not keep_alive:
             fields.append((b"Connection", b"close"))
         elif client_version == b"1.0":
@@ -236,6 +242,13 @@ def _request_framing(head: RequestHead) -> list[tuple[bytes, bytes]]:
         return [(b"Transfer-Encoding", b"chunked")]
 
     return []
+
+
+def _upgrade_fields(head: RequestHead) -> list[tuple[bytes, bytes]]:
+    """Keep a requested protocol switch on this hop (RFC 9110 section 7.8)."""
+    if head.upgrade is None:
+        return []
+    return [(b"Connection", b"upgrade"), (b"Upgrade", head.upgrade)]
 
 
 def _upstream_target(target: bytes, prefix: bytes) -> bytes:

@@ -524,22 +524,49 @@ def test_request_reader_expect_continue() -> None:
     assert events[0].expect_continue is True
 
 
-def test_request_reader_upgrade_keeps_body_and_next() -> None:
-    data = request(
-        b"POST /ws HTTP/1.1",
-        b"Host: a",
-        b"Connection: Upgrade",
-        b"Upgrade: websocket",
-        b"Content-Length: 3",
-        body=b"abc",
-    ) + GET
+UPGRADE_WITH_BODY = request(
+    b"POST /ws HTTP/1.1",
+    b"Host: a",
+    b"Connection: Upgrade",
+    b"Upgrade: websocket",
+    b"Content-Length: 3",
+    body=b"abc",
+)
 
-    events = read_all(data)
+
+def test_request_reader_upgrade_keeps_body() -> None:
+    events = RequestReader().feed(UPGRADE_WITH_BODY + GET)
 
     assert events[0].upgrade == b"websocket"
     assert body_of(events) == b"abc"
-    assert isinstance(events[3], RequestHead)
-    assert events[3].upgrade is None
+    assert isinstance(events[-1], EndOfMessage)
+
+
+def test_request_reader_pauses_after_upgrade() -> None:
+    reader = RequestReader()
+    events = reader.feed(UPGRADE_WITH_BODY + GET)
+    later = reader.feed(GET)
+
+    assert reader.paused
+    assert len(events) == 3
+    assert later == []
+
+
+def test_request_reader_resume_parses_next_request() -> None:
+    reader = RequestReader()
+    reader.feed(UPGRADE_WITH_BODY + GET)
+    events = reader.resume()
+
+    assert isinstance(events[0], RequestHead)
+    assert events[0].upgrade is None
+
+
+def test_request_reader_take_remaining_returns_raw_bytes() -> None:
+    reader = RequestReader()
+    reader.feed(UPGRADE_WITH_BODY + b"\x81\x05hello")
+    reader.feed(b"more")
+
+    assert reader.take_remaining() == b"\x81\x05hellomore"
 
 
 def test_request_reader_upgrade_without_connection() -> None:
