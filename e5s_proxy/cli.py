@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from e5s_proxy import __version__
@@ -12,10 +11,6 @@ from e5s_proxy.config import ConfigError, load_config, parse_workload_socket, su
 # How long `e5s-proxy identity --socket` waits when no config gives a timeout;
 # the same as the default initial_fetch_timeout.
 IDENTITY_FETCH_TIMEOUT = 30.0
-
-
-def debug_requested(flag: bool) -> bool:
-    return flag or os.environ.get("E5S_DEBUG", "") not in ("", "0", "false")
 
 
 def command_run(arguments: argparse.Namespace) -> int:
@@ -27,10 +22,10 @@ def command_run(arguments: argparse.Namespace) -> int:
 
     from twisted.internet import reactor
 
-    from e5s_proxy.logs import start_logging
+    from e5s_proxy.logs import debug_from_environment, start_logging
     from e5s_proxy.service import ProxyService, stop_reactor_with
 
-    start_logging(debug=debug_requested(arguments.debug), log_format=arguments.log_format)
+    start_logging(debug=arguments.debug or debug_from_environment(), log_format=arguments.log_format)
     proxy = ProxyService(config, reactor)
     proxy._on_fatal = stop_reactor_with(reactor, proxy)
     reactor.callWhenRunning(proxy.startService)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer, IReactorTime
-from twisted.logger import Logger
+from e5s_proxy.logs import logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -117,7 +117,7 @@ class Exchange:
 class Forwarder(protocol.Protocol):
     """One downstream connection; see the module docstring."""
 
-    log = Logger()
+    log = logger()
     direction = "proxy"  # "inbound" or "outbound", for logs
 
     def __init__(self, reactor: IReactorTime, pool: ConnectionPool, timeouts: Timeouts) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
-from twisted.logger import Logger
+from e5s_proxy.logs import logger
 
 from e5s_proxy.spiffeid import SpiffeId, parse_spiffe_id
 from e5s_proxy.svid import Bundles
@@ -95,7 +95,7 @@ class WorkloadApiSource:
     watcher keeps running until `stop`.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

@@ -1,7 +1,14 @@
-"""Log output for the command line: text or JSON lines on stderr, with a level filter."""
+"""Logging for the proxy: one level switch for its own events, and the command line's output.
+
+Every module logs through `logger()`, whose events pass a level filter owned
+by the proxy before reaching Twisted's global publisher. `set_debug` moves
+that filter, so ``--debug`` works the same under ``e5s-proxy run`` and under
+twistd, whose own log observers keep every level they receive.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
@@ -9,19 +16,45 @@ from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    Logger,
     globalLogBeginner,
+    globalLogPublisher,
     jsonFileLogObserver,
     textFileLogObserver,
 )
 
+_levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+_proxy_observer = FilteringLogObserver(globalLogPublisher, [_levels])
+
+
+def logger(namespace: str | None = None) -> Logger:
+    """Return a Logger whose events pass the proxy's level filter.
+
+    As a class attribute it takes the class's name as its namespace; at
+    module level, pass ``__name__``.
+    """
+    return Logger(namespace=namespace, observer=_proxy_observer)
+
+
+def debug_from_environment() -> bool:
+    """Whether E5S_DEBUG asks for debug logs (any value but empty, 0 or false)."""
+    return os.environ.get("E5S_DEBUG", "") not in ("", "0", "false")
+
+
+def set_debug(enabled: bool) -> None:
+    """Let the proxy's debug events through, or hold them back (the default)."""
+    _levels.setLogLevelForNamespace("e5s_proxy", LogLevel.debug if enabled else LogLevel.info)
+
 
 def start_logging(*, debug: bool, log_format: str = "text", stream: TextIO | None = None) -> None:
-    """Send twisted.logger events to ``stream`` (stderr by default)."""
+    """Send log events to ``stream`` (stderr by default) as text or JSON lines."""
     stream = stream or sys.stderr
     if log_format == "json":
         observer = jsonFileLogObserver(stream, recordSeparator="")
     else:
         observer = textFileLogObserver(stream)
-    level = LogLevel.debug if debug else LogLevel.info
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    set_debug(debug)
+    # Twisted's own events stay at info and above; the proxy's pass the filter above.
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    predicate.setLogLevelForNamespace("e5s_proxy", LogLevel.debug)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])], redirectStandardIO=False)

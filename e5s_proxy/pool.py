@@ -23,7 +23,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.logger import Logger
+from e5s_proxy.logs import logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -51,7 +51,7 @@ class UpstreamConnection(protocol.Protocol):
     It fails with the connection's close reason if it closes before that.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, tls: bool) -> None:
         self.tls = tls
@@ -200,7 +200,7 @@ class _UpstreamFactory(protocol.Factory):
 class ConnectionPool:
     """Idle keep-alive connections to one upstream, most recently used first."""
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

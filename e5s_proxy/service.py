@@ -15,7 +15,7 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from e5s_proxy.logs import logger
 from twisted.python.failure import Failure
 
 from e5s_proxy.config import Address, Config
@@ -35,7 +35,7 @@ def describe_address(address: Address) -> str:
 class ProxyService(service.Service):
     """The whole proxy as one Twisted service."""
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

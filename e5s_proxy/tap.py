@@ -20,6 +20,7 @@ class Options(usage.Options):
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    from e5s_proxy.logs import debug_from_environment, set_debug
     from e5s_proxy.service import ProxyService, exit_after_shutdown
 
     try:
@@ -27,10 +28,5 @@ def makeService(options: Options):
     except ConfigError as error:
         raise SystemExit(f"e5s-proxy: invalid configuration:\n{error}") from None
 
-    if options["debug"]:
-        from twisted.logger import LogLevel, globalLogPublisher  # noqa: F401
-
-        # twistd installs its own observers; --debug is honoured by them
-        # through --loglevel-free defaults, so only the proxy's own debug
-        # events are affected by this flag.
+    set_debug(options["debug"] or debug_from_environment())
     return ProxyService(config, reactor, on_fatal=exit_after_shutdown(reactor))

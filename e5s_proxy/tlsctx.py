@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.logger import Logger
+from e5s_proxy.logs import logger
 from zope.interface import implementer
 
 from e5s_proxy.identity import IdentitySnapshot
@@ -32,7 +32,7 @@ ALPN_HTTP11 = b"http/1.1"
 # upstream authority leave plenty of room at 8.
 MAX_CHAIN_DEPTH = 8
 
-log = Logger()
+log = logger(__name__)
 
 
 @dataclass

@@ -25,7 +25,7 @@ def test_twistd_plugin_serves_requests(lab, app_port, workdir, svid_files):
     twistd = Path(sys.executable).with_name("twistd")
     log_path = workdir / "twistd.log"
     process = subprocess.Popen(
-        [str(twistd), "-n", "--pidfile=", f"--logfile={log_path}", "e5s-proxy", "--config", str(config)],
+        [str(twistd), "-n", "--pidfile=", f"--logfile={log_path}", "e5s-proxy", "--config", str(config), "--debug"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -42,6 +42,7 @@ def test_twistd_plugin_serves_requests(lab, app_port, workdir, svid_files):
         process.wait(timeout=15)
     assert reply.startswith(b"HTTP/1.1 200")
     assert CLIENT_ID.encode() in reply
+    assert f"as {CLIENT_ID}" in log_path.read_text()
 
 
 def test_twistd_without_agent_exits_nonzero(workdir):
