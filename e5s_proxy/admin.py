@@ -6,7 +6,7 @@ should listen on loopback only.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web import resource, server
 
 
@@ -27,25 +27,9 @@ class _Text(resource.Resource):
 class _Metrics(resource.Resource):
     isLeaf = True
 
-    def __init__(self, proxy: object) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
-        self._registry = CollectorRegistry()
-        expiry = Gauge(
-            "e5s_svid_expiry_timestamp_seconds",
-            "Expiry time of the current X.509-SVID, as a Unix timestamp.",
-            registry=self._registry,
-        )
-        expiry.set_function(
-            lambda: proxy.identity.current.expires_at.timestamp() if proxy.identity.current else 0.0
-        )
-        rotations = Gauge(
-            "e5s_identity_updates",
-            "X.509 contexts received from the Workload API since start.",
-            registry=self._registry,
-        )
-        rotations.set_function(lambda: proxy.identity.updates)
-        ready = Gauge("e5s_ready", "1 when the listeners are open and the SVID is valid.", registry=self._registry)
-        ready.set_function(lambda: 1.0 if proxy.is_ready() else 0.0)
+        self._registry = registry
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
@@ -55,11 +39,24 @@ class _Metrics(resource.Resource):
 def admin_site(proxy: object) -> server.Site:
     root = resource.Resource()
     root.putChild(b"healthz", _Text(lambda: (200, "ok\n")))
-    root.putChild(
-        b"readyz",
-        _Text(lambda: (200, "ready\n") if proxy.is_ready() else (503, "not ready: no valid SVID or listeners down\n")),
-    )
-    root.putChild(b"metrics", _Metrics(proxy))
-    site = server.Site(root)
+    root.putChild(b"readyz", _Text(lambda: _readiness(proxy)))
+    root.putChild(b"metrics", _Metrics(proxy.metrics.registry))
+    site = _QuietSite(root)
     site.displayTracebacks = False
     return site
+
+
+def _readiness(proxy: object) -> tuple[int, str]:
+    reason = proxy.not_ready_reason()
+    if reason is None:
+        return 200, "ready\n"
+    return 503, f"not ready: {reason}\n"
+
+
+class _QuietSite(server.Site):
+    """A Site that writes no access log line: probes hit it every few seconds."""
+
+    noisy = False
+
+    def log(self, request: server.Request) -> None:
+        pass

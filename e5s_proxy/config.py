@@ -75,6 +75,27 @@ DEFAULT_MAX_IDLE_CONNECTIONS = 32
 # The header that carries the verified client SPIFFE ID to the application.
 DEFAULT_PEER_HEADER = "X-Peer-SPIFFE-ID"
 
+# 15s: in-flight requests of an HTTP API finish in well under that, and it
+# stays inside Kubernetes' default 30s grace period with room for the app.
+DEFAULT_DRAIN_TIMEOUT = 15.0
+
+# 64 KiB and 100 fields: close to Envoy's defaults (60 KiB, 100 headers),
+# far above what browsers and HTTP clients send.
+DEFAULT_MAX_HEAD_SIZE = 64 * 1024
+DEFAULT_MAX_HEADER_COUNT = 100
+
+OUTBOUND_EXPOSED_WARNING = (
+    "client.listen_addr is not on loopback: anyone who can reach it can send requests that "
+    'leave with this workload\'s SPIFFE ID; use e.g. "127.0.0.1:15001"'
+)
+
+# Timeouts shorter than a millisecond would fire before any network
+# round trip, so they can only be typos (such as "1ns" for "1s").
+MIN_DURATION = 0.001
+
+# A head limit below this could not hold an ordinary request line and Host.
+_MIN_HEAD_SIZE = 1024
+
 # Header names that control HTTP message framing or routing. Using one as the
 # peer header would corrupt or redirect the forwarded request.
 _RESERVED_HEADERS = frozenset(
@@ -95,9 +116,9 @@ _RESERVED_HEADERS = frozenset(
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 _HOSTNAME_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
 
-_TOP_LEVEL_KEYS = ("version", "spire", "server", "client", "admin")
+_TOP_LEVEL_KEYS = ("version", "spire", "server", "client", "admin", "drain_timeout")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "spire": ("workload_socket", "initial_fetch_timeout"),
+    "spire": ("workload_socket", "initial_fetch_timeout", "svid_spiffe_id"),
     "server": (
         "listen_addr",
         "target",
@@ -108,6 +129,9 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "app_response_timeout",
         "idle_timeout",
         "request_head_timeout",
+        "max_head_size",
+        "max_header_count",
+        "access_log",
     ),
     "client": (
         "listen_addr",
@@ -118,6 +142,9 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "response_timeout",
         "idle_timeout",
         "max_idle_connections",
+        "max_head_size",
+        "max_header_count",
+        "access_log",
     ),
     "admin": ("listen_addr",),
 }
@@ -168,6 +195,7 @@ class SpireConfig:
     workload_socket_text: str
     initial_fetch_timeout: float
     workload_socket_from_env: bool = False
+    svid_spiffe_id: SpiffeId | None = None  # which SVID to use when the agent returns several
 
 
 @dataclass(frozen=True)
@@ -186,6 +214,9 @@ class ServerConfig:
     app_response_timeout: float
     idle_timeout: float
     request_head_timeout: float
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    access_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +237,9 @@ class ClientConfig:
     response_timeout: float
     idle_timeout: float
     max_idle_connections: int
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    access_log: bool = False
 
     @property
     def server_authority(self) -> str:
@@ -232,6 +266,7 @@ class Config:
     client: ClientConfig | None
     admin: AdminConfig | None
     source: str
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # seconds to let in-flight requests finish on SIGTERM
 
 
 # ---------------------------------------------------------------------------
@@ -441,6 +476,7 @@ def parse_config(
     errors: list[str] = []
     _check_keys(data, "", _TOP_LEVEL_KEYS, errors)
     _check_version(data, errors)
+    drain_timeout = _duration(data, "", "drain_timeout", DEFAULT_DRAIN_TIMEOUT, errors)
 
     spire = None
     spire_section = _section(data, "spire", errors, optional=True)
@@ -472,8 +508,10 @@ def parse_config(
 
     if errors:
         raise ConfigError(errors, source)
-    assert spire is not None
-    return Config(spire=spire, server=server, client=client, admin=admin, source=source)
+    assert spire is not None and drain_timeout is not None
+    return Config(
+        spire=spire, server=server, client=client, admin=admin, source=source, drain_timeout=drain_timeout
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -545,6 +583,20 @@ def _parse_spire(
     except ValueError as error:
         errors.append(f"{key}: {error}")
         return None
+    svid_spiffe_id = None
+    svid_text = section.get("svid_spiffe_id")
+    if svid_text is not None:
+        if not isinstance(svid_text, str):
+            errors.append(
+                f"spire.svid_spiffe_id: expected a SPIFFE ID string, got the {_yaml_type(svid_text)} "
+                f'{svid_text!r}; use e.g. "spiffe://example.org/web"'
+            )
+            return None
+        try:
+            svid_spiffe_id = parse_spiffe_id(svid_text.strip())
+        except SpiffeIdError as error:
+            errors.append(f"spire.svid_spiffe_id: {error}")
+            return None
     if timeout is None:
         return None
     return SpireConfig(
@@ -552,6 +604,7 @@ def _parse_spire(
         workload_socket_text=socket_text,
         initial_fetch_timeout=timeout,
         workload_socket_from_env=from_env,
+        svid_spiffe_id=svid_spiffe_id,
     )
 
 
@@ -581,6 +634,7 @@ def _parse_server(section: dict, errors: list[str]) -> ServerConfig | None:
             ("request_head_timeout", DEFAULT_REQUEST_HEAD_TIMEOUT),
         )
     }
+    limits = _http_limits(section, "server", errors)
     if len(errors) > count:
         return None
     assert listen_addr is not None and app_target is not None and peer_header is not None
@@ -591,6 +645,7 @@ def _parse_server(section: dict, errors: list[str]) -> ServerConfig | None:
         allowed_client_spiffe_ids=spiffe_ids,
         peer_header=peer_header,
         **timeouts,  # type: ignore[arg-type]
+        **limits,
     )
 
 
@@ -624,6 +679,7 @@ def _parse_client(section: dict, errors: list[str]) -> ClientConfig | None:
             f"client.max_idle_connections: invalid value {max_idle!r}; use a whole "
             f"number greater than zero, e.g. {DEFAULT_MAX_IDLE_CONNECTIONS}"
         )
+    limits = _http_limits(section, "client", errors)
     if len(errors) > count:
         return None
     assert listen_addr is not None and server is not None
@@ -637,7 +693,37 @@ def _parse_client(section: dict, errors: list[str]) -> ClientConfig | None:
         expected_server_spiffe_ids=spiffe_ids,
         max_idle_connections=max_idle,
         **timeouts,  # type: ignore[arg-type]
+        **limits,
     )
+
+
+def _http_limits(section: dict, name: str, errors: list[str]) -> dict[str, Any]:
+    """Read max_head_size, max_header_count and access_log of a listener section."""
+    limits: dict[str, Any] = {}
+    head_size = section.get("max_head_size", DEFAULT_MAX_HEAD_SIZE)
+    if type(head_size) is not int or head_size < _MIN_HEAD_SIZE:
+        errors.append(
+            f"{name}.max_head_size: invalid value {head_size!r}; use a number of bytes of at least "
+            f"{_MIN_HEAD_SIZE}, e.g. {DEFAULT_MAX_HEAD_SIZE}"
+        )
+    else:
+        limits["max_head_size"] = head_size
+
+    header_count = section.get("max_header_count", DEFAULT_MAX_HEADER_COUNT)
+    if type(header_count) is not int or header_count <= 0:
+        errors.append(
+            f"{name}.max_header_count: invalid value {header_count!r}; use a whole number greater "
+            f"than zero, e.g. {DEFAULT_MAX_HEADER_COUNT}"
+        )
+    else:
+        limits["max_header_count"] = header_count
+
+    access_log = section.get("access_log", False)
+    if type(access_log) is not bool:
+        errors.append(f"{name}.access_log: expected true or false, got {access_log!r}")
+    else:
+        limits["access_log"] = access_log
+    return limits
 
 
 def _parse_admin(section: dict, errors: list[str]) -> AdminConfig | None:
@@ -667,6 +753,17 @@ def _check_listener_conflicts(
     if admin is not None:
         listeners.append(("admin.listen_addr", admin.listen))
     wildcard_hosts = ("", "0.0.0.0", "::")
+    if server is not None and server.target.port is not None:
+        target = server.target
+        if target.port == server.listen.port and (
+            target.host == server.listen.host
+            or server.listen.host in wildcard_hosts
+            or (is_loopback_host(target.host) and is_loopback_host(server.listen.host))
+        ):
+            errors.append(
+                f'server.target: "{target}" is the proxy\'s own server.listen_addr "{server.listen}"; '
+                "point it at the local app's port instead"
+            )
     for index, (first_key, first) in enumerate(listeners):
         for second_key, second in listeners[index + 1 :]:
             if first.port == 0 or first.port != second.port:
@@ -726,7 +823,7 @@ def _required(
 def _duration(
     section: dict, section_name: str, key: str, default: float, errors: list[str]
 ) -> float | None:
-    full_key = f"{section_name}.{key}"
+    full_key = f"{section_name}.{key}" if section_name else key
     if key not in section or section[key] is None:
         return default
     value = section[key]
@@ -748,9 +845,9 @@ def _duration(
     except ValueError as error:
         errors.append(f"{full_key}: {error}")
         return None
-    if seconds <= 0:
+    if seconds < MIN_DURATION:
         errors.append(
-            f'{full_key}: must be greater than zero, got "{text}"; use e.g. '
+            f'{full_key}: must be at least 1ms, got "{text}"; use e.g. '
             f'"{format_duration(default)}"'
         )
         return None
@@ -1063,7 +1160,15 @@ def _server_url(text: str, errors: list[str]) -> tuple[str, int, str] | None:
     if port == 0:
         errors.append(f'{key}: invalid URL "{text}": port 0 cannot be dialed; use a port in 1-65535')
         return None
-    return host, port, parts.path.rstrip("/")
+    path = parts.path.rstrip("/")
+    segments = path.lower().replace("%2e", ".").split("/")
+    if any(segment in (".", "..") for segment in segments) or "%2f" in path.lower():
+        errors.append(
+            f'{key}: invalid URL "{text}": the path prefix has a "." or ".." segment or an encoded '
+            'slash; write the prefix as the server resolves it, e.g. "/api/v1"'
+        )
+        return None
+    return host, port, path
 
 
 def _join_host_port(host: str, port: int) -> str:
@@ -1091,6 +1196,8 @@ def summarize(config: Config) -> str:
         "SPIRE Workload API",
         f"  socket:                {spire.workload_socket}  (from {origin} \"{spire.workload_socket_text}\")",
         f"  initial fetch timeout: {format_duration(spire.initial_fetch_timeout)}",
+        f"  SVID used:             {spire.svid_spiffe_id or 'the first one the agent returns'}",
+        f"Drain on SIGTERM:        up to {format_duration(config.drain_timeout)}",
     ]
 
     server = config.server
@@ -1107,6 +1214,8 @@ def summarize(config: Config) -> str:
             f"app response {format_duration(server.app_response_timeout)}, "
             f"idle {format_duration(server.idle_timeout)}, "
             f"request head {format_duration(server.request_head_timeout)}",
+            f"  limits:          head {server.max_head_size} bytes, {server.max_header_count} header fields",
+            f"  access log:      {'on' if server.access_log else 'off'}",
         ]
 
     client = config.client
@@ -1123,6 +1232,8 @@ def summarize(config: Config) -> str:
             f"response {format_duration(client.response_timeout)}, "
             f"idle {format_duration(client.idle_timeout)}",
             f"  max idle connections: {client.max_idle_connections}",
+            f"  limits:          head {client.max_head_size} bytes, {client.max_header_count} header fields",
+            f"  access log:      {'on' if client.access_log else 'off'}",
         ]
 
     admin = config.admin
@@ -1132,8 +1243,10 @@ def summarize(config: Config) -> str:
             "Admin (plaintext HTTP: /healthz, /readyz, /metrics)",
             f"  listen: {_describe_listen(admin.listen)}",
         ]
-        if not _is_loopback(admin.listen.host):
+        if not is_loopback_host(admin.listen.host):
             lines.append("  WARNING: the admin listener is not on loopback; anyone who can reach it can read it")
+    if client is not None and not is_loopback_host(client.listen.host):
+        lines += ["", f"WARNING: {OUTBOUND_EXPOSED_WARNING}"]
     return "\n".join(lines)
 
 
@@ -1153,7 +1266,8 @@ def _describe_policy(trust_domains: tuple[str, ...], spiffe_ids: tuple[SpiffeId,
     return "only " + ", ".join(str(spiffe_id) for spiffe_id in spiffe_ids)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host accepts connections from this machine only."""
     if host == "localhost":
         return True
     try:

@@ -24,6 +24,8 @@ from zope.interface import implementer
 
 from e5s_proxy.http import (
     LAST_CHUNK,
+    MAX_HEAD_SIZE,
+    MAX_HEADER_COUNT,
     Data,
     EndOfMessage,
     Framing,
@@ -35,6 +37,7 @@ from e5s_proxy.http import (
     response_head_for_client,
     simple_response,
 )
+from e5s_proxy.metrics import Metrics
 from e5s_proxy.pool import ConnectError, ConnectionPool, UpstreamConnection
 
 
@@ -45,6 +48,19 @@ class Timeouts:
     request_head: float  # first byte of a request head to its end (slowloris)
     idle: float  # keep-alive connection with no request in progress
     response: float  # request forwarded to the first byte of the response head
+
+
+@dataclass
+class ListenerSettings:
+    """What every connection of one listener shares."""
+
+    direction: str  # "inbound" or "outbound", for logs and metrics
+    timeouts: Timeouts
+    metrics: Metrics
+    max_head_size: int = MAX_HEAD_SIZE
+    max_header_count: int = MAX_HEADER_COUNT
+    access_log: bool = False
+    connections: set[Forwarder] = field(default_factory=set)  # open connections, for drain
 
 
 @implementer(IPushProducer)
@@ -109,7 +125,9 @@ class Exchange:
     chunk_response: bool = False
     keep_alive: bool = True
     status: int = 0
+    request_bytes: int = 0
     response_bytes: int = 0
+    started: float = 0.0
     timers: list[IDelayedCall] = field(default_factory=list)
 
 
@@ -118,14 +136,16 @@ class Forwarder(protocol.Protocol):
     """One downstream connection; see the module docstring."""
 
     log = logger()
-    direction = "proxy"  # "inbound" or "outbound", for logs
 
-    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, timeouts: Timeouts) -> None:
+    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, settings: ListenerSettings) -> None:
         self._reactor = reactor
         self._pool = pool
-        self._timeouts = timeouts
+        self._settings = settings
+        self._timeouts = settings.timeouts
+        self._metrics = settings.metrics
+        self.direction = settings.direction
 
-        self._reader = RequestReader()
+        self._reader = RequestReader(max_head_size=settings.max_head_size, max_header_count=settings.max_header_count)
         self._pending: deque[object] = deque()
         self._exchange: Exchange | None = None
         self._closing = False
@@ -134,6 +154,8 @@ class Forwarder(protocol.Protocol):
         self._timer_kind = ""
         self._tunnel: UpstreamConnection | None = None
         self._client_eof = False
+        self._draining = False
+        self.peer_id = "-"  # the verified SPIFFE ID, for access logs (inbound only)
         self.peer = "?"
 
     # Subclass hooks.
@@ -157,8 +179,14 @@ class Forwarder(protocol.Protocol):
         self.peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}".rstrip(":")
         self._gate = ReadGate(self.transport)
         self._set_timer("idle", self._timeouts.idle)
+        self._settings.connections.add(self)
+        self._metrics.connections.labels(self.direction).inc()
+        self._metrics.active_connections.labels(self.direction).inc()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self in self._settings.connections:
+            self._settings.connections.discard(self)
+            self._metrics.active_connections.labels(self.direction).dec()
         self._closing = True
         self._cancel_timer()
         if self._tunnel is not None:
@@ -191,6 +219,13 @@ class Forwarder(protocol.Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
+    def drain(self) -> None:
+        """Close once the exchange in progress ends; close now if there is none."""
+        self._draining = True
+        if self._tunnel is None and self._exchange is None and not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.write(data)
@@ -205,6 +240,15 @@ class Forwarder(protocol.Protocol):
         except HttpError as error:
             events = []
             self._pending.append(_Rejection(error.status, error.reason))
+        if events and self._reader.error is not None:
+            # Whole requests before the bad bytes are answered first, then
+            # the rejection closes the connection. The request the error cut
+            # short is dropped, so none of it reaches the upstream.
+            complete = len(events)
+            while complete and not isinstance(events[complete - 1], EndOfMessage):
+                complete -= 1
+            events = events[:complete]
+            events.append(_Rejection(self._reader.error.status, self._reader.error.reason))
         self._pending.extend(events)
         self._pump()
 
@@ -253,7 +297,9 @@ class Forwarder(protocol.Protocol):
             self._reject(_Rejection(400, str(error)))
             return
 
-        exchange = self._exchange = Exchange(head=head, upstream_head=upstream_head, keep_alive=head.keep_alive)
+        exchange = self._exchange = Exchange(
+            head=head, upstream_head=upstream_head, keep_alive=head.keep_alive, started=self._reactor.seconds()
+        )
         self._gate.pause("connecting upstream")
         self._pool.acquire().addCallbacks(
             lambda upstream: self._upstream_ready(exchange, upstream),
@@ -281,6 +327,8 @@ class Forwarder(protocol.Protocol):
         if self._exchange is not exchange or self._closing:
             return
         if failure.check(ConnectError):
+            self._metrics.upstream_errors.labels(self.direction, failure.value.kind).inc()
+            self._metrics.requests.labels(self.direction, str(failure.value.status)).inc()
             self.connect_failed(failure.value)
             return
         self.log.failure("{direction}: unexpected error connecting upstream", failure, direction=self.direction)
@@ -290,6 +338,7 @@ class Forwarder(protocol.Protocol):
         upstream = exchange.upstream
         chunked = exchange.head.framing is Framing.CHUNKED
         if isinstance(event, Data):
+            exchange.request_bytes += len(event.data)
             upstream.write(encode_chunk(event.data) if chunked else event.data)
         elif isinstance(event, EndOfMessage):
             if chunked:
@@ -355,7 +404,7 @@ class Forwarder(protocol.Protocol):
         # The server's own keep-alive choice concerns the upstream connection
         # only; the client's connection stays open unless the client asked
         # for close.
-        keep_alive = exchange.keep_alive and not self._closing
+        keep_alive = exchange.keep_alive and not self._closing and not self._draining
         response_head, chunk_body, keep_alive = response_head_for_client(
             head,
             request_method=exchange.head.method,
@@ -417,6 +466,7 @@ class Forwarder(protocol.Protocol):
         exchange = self._exchange
         if exchange is None:
             return
+        self._metrics.upstream_errors.labels(self.direction, "timeout" if status == 504 else "bad_response").inc()
         self.log.warn(
             "{direction}: bad or missing upstream response for {peer} ({method} {target}): {reason}",
             direction=self.direction,
@@ -433,22 +483,14 @@ class Forwarder(protocol.Protocol):
         self._cancel_exchange_timers(exchange)
         self._detach(exchange)
         self._exchange = None
-        self.log.debug(
-            "{direction}: {peer} {method} {target} -> {status} ({size} bytes)",
-            direction=self.direction,
-            peer=self.peer,
-            method=exchange.head.method.decode("latin-1"),
-            target=exchange.head.target.decode("latin-1"),
-            status=exchange.status,
-            size=exchange.response_bytes,
-        )
+        self._record(exchange)
 
         if exchange.request_done and exchange.response_done:
             exchange.upstream.finish()
         else:
             exchange.upstream.abort()
 
-        if not exchange.keep_alive or (self._client_eof and not self._pending):
+        if not exchange.keep_alive or self._draining or (self._client_eof and not self._pending):
             self._closing = True
             self.transport.loseConnection()
             return
@@ -476,7 +518,26 @@ class Forwarder(protocol.Protocol):
             self._closing = True
             self.transport.abortConnection()
         else:
+            exchange.status = status
             self._answer_and_close(status, reason)
+        self._record(exchange)
+
+    def _record(self, exchange: Exchange) -> None:
+        """Count a finished exchange, and write its access log line when enabled."""
+        self._metrics.request_done(self.direction, exchange.status, exchange.request_bytes, exchange.response_bytes)
+        if not self._settings.access_log:
+            return
+        self.log.info(
+            "access {direction} {peer} {spiffe_id} \"{method} {target}\" {status} {size} {duration_ms}ms",
+            direction=self.direction,
+            peer=self.peer,
+            spiffe_id=self.peer_id,
+            method=exchange.head.method.decode("latin-1"),
+            target=exchange.head.target.decode("latin-1"),
+            status=exchange.status,
+            size=exchange.response_bytes,
+            duration_ms=round((self._reactor.seconds() - exchange.started) * 1000),
+        )
 
     def _detach(self, exchange: Exchange) -> None:
         upstream = exchange.upstream
@@ -491,6 +552,8 @@ class Forwarder(protocol.Protocol):
             self._gate.resume("write buffer full")
 
     def _reject(self, rejection: _Rejection) -> None:
+        self._metrics.rejections.labels(self.direction, "bad_request").inc()
+        self._metrics.requests.labels(self.direction, str(rejection.status)).inc()
         self.log.info(
             "{direction}: rejected request from {peer} with {status}: {reason}",
             direction=self.direction,

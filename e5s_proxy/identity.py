@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +32,11 @@ from e5s_proxy.svid import Bundles
 BACKOFF_INITIAL = 0.1
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX = 5.0
+
+# While the socket file does not exist, check for it this often: a stat is
+# cheap, and an agent that starts after the proxy is picked up at once.
+SOCKET_POLL_INTERVAL = 0.1
+SOCKET_MISSING = "the socket does not exist"
 
 
 @dataclass(frozen=True)
@@ -202,7 +209,18 @@ class WorkloadApiSource:
             attempt += 1
             delay = min(BACKOFF_INITIAL * BACKOFF_FACTOR ** (attempt - 1), BACKOFF_MAX)
             self._reactor.callFromThread(self._report_error, error, attempt, delay)
+            self._wait_before_retry(delay, socket_missing=error == SOCKET_MISSING)
+
+    def _wait_before_retry(self, delay: float, *, socket_missing: bool) -> None:
+        """Sleep ``delay`` seconds, but wake early when a missing socket appears."""
+        if not socket_missing:
             self._stopping.wait(delay)
+            return
+        deadline = time.monotonic() + delay
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            if os.path.exists(self._socket_path):
+                return
+            self._stopping.wait(SOCKET_POLL_INTERVAL)
 
     def _stream_once(self) -> tuple[bool, str]:
         """Follow one Workload API stream until it breaks; return (delivered anything, why it ended)."""
@@ -211,8 +229,9 @@ class WorkloadApiSource:
         from spiffe import WorkloadApiClient
         from spiffe.errors import ArgumentError
 
-        if not os.path.exists(self._socket_path):
-            return False, "the socket does not exist"
+        problem = check_socket(self._socket_path)
+        if problem is not None:
+            return False, problem
         try:
             client = WorkloadApiClient(socket_path=f"unix:{self._socket_path}")
         except ArgumentError as error:
@@ -245,6 +264,19 @@ class WorkloadApiSource:
         return bool(outcome["delivered"]), str(outcome["error"])
 
 
+def check_socket(path: str) -> str | None:
+    """Return why ``path`` cannot be a Workload API socket, or None when it is a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return SOCKET_MISSING
+    except OSError as error:
+        return f"cannot check the socket: {error.strerror}"
+    if not stat.S_ISSOCK(mode):
+        return "the path exists but is not a Unix socket; point spire.workload_socket at the agent's socket_path"
+    return None
+
+
 def fetch_once(socket_path: str, timeout: float) -> tuple[list[object], list[object]]:
     """Fetch one X.509 context, blocking; for ``e5s-proxy identity`` only, never on the reactor.
 
@@ -254,6 +286,12 @@ def fetch_once(socket_path: str, timeout: float) -> tuple[list[object], list[obj
     from spiffe import WorkloadApiClient
     from spiffe.errors import PySpiffeError
 
+    problem = check_socket(socket_path)
+    if problem is not None:
+        raise NoIdentityError(
+            f"cannot use the Workload API at {socket_path}: {problem}. Check that the SPIRE agent is "
+            "running and that this is its socket_path."
+        )
     try:
         client = WorkloadApiClient(socket_path=f"unix:{socket_path}", default_timeout=timeout)
     except PySpiffeError as error:

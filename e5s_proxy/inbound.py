@@ -15,10 +15,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from e5s_proxy.config import AppTarget
-from e5s_proxy.forward import Forwarder, Timeouts
+from e5s_proxy.forward import Forwarder, ListenerSettings
+from e5s_proxy.logs import RepeatLimiter
 from e5s_proxy.http import RequestHead, request_head_for_app
-from e5s_proxy.pool import ConnectionPool, describe_connect_failure
-from e5s_proxy.tlsctx import ServerConnectionCreator
+from e5s_proxy.pool import ConnectError, ConnectionPool, describe_connect_failure
+from e5s_proxy.tlsctx import ServerConnectionCreator, describe_tls_error
 
 
 def describe_target(target: AppTarget) -> str:
@@ -55,20 +56,20 @@ def app_pool(reactor: IReactorTime, target: AppTarget, *, connect_timeout: float
 class InboundConnection(Forwarder):
     """One client connection, after TLS: requests go to the app with the verified peer header."""
 
-    direction = "inbound"
-
     def __init__(
         self,
         reactor: IReactorTime,
         pool: ConnectionPool,
-        timeouts: Timeouts,
+        settings: ListenerSettings,
         creator: ServerConnectionCreator,
         peer_header: bytes,
+        rejections: RepeatLimiter,
     ) -> None:
-        super().__init__(reactor, pool, timeouts)
+        super().__init__(reactor, pool, settings)
         self._creator = creator
         self._peer_header = peer_header
         self._peer_id: bytes | None = None
+        self._rejections = rejections
 
     def handshakeCompleted(self) -> None:
         verdict = self._creator.verdict_for(self.transport)
@@ -79,7 +80,26 @@ class InboundConnection(Forwarder):
             self.transport.abortConnection()
             return
         self._peer_id = str(verdict.spiffe_id).encode("ascii")
-        self.log.debug("inbound: accepted {peer} as {spiffe_id}", peer=self.peer, spiffe_id=str(verdict.spiffe_id))
+        self.peer_id = str(verdict.spiffe_id)
+        self._metrics.handshakes.labels("accepted").inc()
+        self.log.debug(
+            "inbound: accepted {peer} as {spiffe_id}, certificate expires {expires}",
+            peer=self.peer,
+            spiffe_id=self.peer_id,
+            expires=_leaf_expiry(self.transport),
+        )
+
+    def connect_failed(self, error: ConnectError) -> None:
+        # The client is another workload: the app's address and the socket
+        # error are for this proxy's log, not for the response body.
+        self.log.warn(
+            "inbound: cannot reach the app for {peer} ({spiffe_id}): {reason}",
+            peer=self.peer,
+            spiffe_id=self.peer_id,
+            reason=error.reason,
+        )
+        text = "the app did not accept the connection in time" if error.status == 504 else "the app is unavailable"
+        self._answer_and_close(error.status, text)
 
     def head_for_upstream(self, head: RequestHead) -> bytes:
         if self._peer_id is None:
@@ -97,20 +117,36 @@ class InboundConnection(Forwarder):
             # TLS: not worth an info line per probe.
             self.log.debug("inbound: {peer} closed before starting TLS", peer=self.peer)
             return
+
         verdict = self._creator.verdict_for(self.transport)
         presented = verdict.presented_id if verdict is not None else None
         if verdict is not None and verdict.error is not None:
-            why = verdict.error
+            why, kind = verdict.error, verdict.kind or "invalid_svid"
         else:
             # The verify callback never decided: the client sent no
             # certificate, or the handshake failed before the check.
-            why = f"no client certificate or TLS failure ({reason.getErrorMessage()})"
+            why, kind = f"no client certificate or TLS failure ({describe_tls_error(reason.value)})", "no_certificate"
+        self._metrics.handshakes.labels("rejected").inc()
+        self._metrics.rejections.labels("inbound", kind).inc()
+
+        held_back = self._rejections.check((self.peer.rsplit(":", 1)[0], kind))
+        if held_back is None:
+            return
         self.log.info(
-            "inbound: rejected TLS handshake from {peer}, presented SPIFFE ID {spiffe_id}: {reason}",
+            "inbound: rejected TLS handshake from {peer}, presented SPIFFE ID {spiffe_id}: {reason}{repeats}",
             peer=self.peer,
             spiffe_id=str(presented) if presented else "(none)",
             reason=why,
+            repeats=f" ({held_back} similar rejections from this host not logged)" if held_back else "",
         )
+
+
+def _leaf_expiry(tls_transport: object) -> str:
+    try:
+        certificate = tls_transport.getPeerCertificate()
+        return certificate.to_cryptography().not_valid_after_utc.isoformat()
+    except Exception:
+        return "unknown"
 
 
 class InboundFactory(protocol.Factory):
@@ -120,18 +156,21 @@ class InboundFactory(protocol.Factory):
         self,
         reactor: IReactorTime,
         pool: ConnectionPool,
-        timeouts: Timeouts,
+        settings: ListenerSettings,
         creator: ServerConnectionCreator,
         peer_header: str,
     ) -> None:
         self._reactor = reactor
         self._pool = pool
-        self._timeouts = timeouts
+        self._settings = settings
         self._creator = creator
         self._peer_header = peer_header.encode("ascii")
+        self._rejections = RepeatLimiter(reactor)
 
     def buildProtocol(self, addr: object) -> InboundConnection:
-        connection = InboundConnection(self._reactor, self._pool, self._timeouts, self._creator, self._peer_header)
+        connection = InboundConnection(
+            self._reactor, self._pool, self._settings, self._creator, self._peer_header, self._rejections
+        )
         connection.factory = self
         return connection
 

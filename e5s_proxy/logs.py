@@ -58,3 +58,30 @@ def start_logging(*, debug: bool, log_format: str = "text", stream: TextIO | Non
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
     predicate.setLogLevelForNamespace("e5s_proxy", LogLevel.debug)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])], redirectStandardIO=False)
+
+
+class RepeatLimiter:
+    """Lets one log line per key through per window, and counts the lines held back.
+
+    A client that retries a rejected handshake in a loop would otherwise
+    write a line per attempt. Keys are few and fixed in shape (peer host and
+    reason kind); the table is cleared when it grows past ``max_keys``.
+    """
+
+    def __init__(self, clock: object, window: float = 10.0, max_keys: int = 1024) -> None:
+        self._clock = clock
+        self._window = window
+        self._max_keys = max_keys
+        self._last: dict[object, tuple[float, int]] = {}
+
+    def check(self, key: object) -> int | None:
+        """Return None to hold this line back, else how many were held back since the last one."""
+        now = self._clock.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._window:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]

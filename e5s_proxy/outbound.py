@@ -17,12 +17,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from e5s_proxy.config import ClientConfig
-from e5s_proxy.forward import Forwarder, Timeouts
+from e5s_proxy.forward import Forwarder, ListenerSettings
 from e5s_proxy.http import RequestHead, request_head_for_upstream
 from e5s_proxy.identity import IdentitySnapshot
 from e5s_proxy.pool import ConnectError, ConnectionPool
 from e5s_proxy.svid import build_authorizer, describe_expected
-from e5s_proxy.tlsctx import ClientConnectionCreator, build_client_context
+from e5s_proxy.tlsctx import ClientConnectionCreator, build_client_context, describe_tls_error
 
 
 class UpstreamTLS:
@@ -82,21 +82,20 @@ def explain_server_failure(
         return ConnectError(
             f"server {authority} presented SPIFFE ID {presented}, expected {expected}: {verdict.error}",
             502,
+            "identity",
         )
     if failure.check(error.TimeoutError, defer.TimeoutError):
-        return ConnectError(f"timed out connecting to server {authority}", 504)
+        return ConnectError(f"timed out connecting to server {authority}", 504, "timeout")
     if failure.check(SSL.Error):
-        return ConnectError(f"TLS handshake with server {authority} failed: {failure.getErrorMessage()}", 502)
+        return ConnectError(f"TLS handshake with server {authority} failed: {describe_tls_error(failure.value)}", 502)
     return ConnectError(f"cannot connect to server {authority}: {failure.getErrorMessage()}", 502)
 
 
 class OutboundConnection(Forwarder):
     """One local plaintext connection from the app."""
 
-    direction = "outbound"
-
-    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, timeouts: Timeouts, config: ClientConfig) -> None:
-        super().__init__(reactor, pool, timeouts)
+    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, settings: ListenerSettings, config: ClientConfig) -> None:
+        super().__init__(reactor, pool, settings)
         self._authority = config.server_authority.encode("ascii")
         self._path_prefix = config.server_path_prefix.encode("ascii")
 
@@ -107,13 +106,13 @@ class OutboundConnection(Forwarder):
 class OutboundFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, timeouts: Timeouts, config: ClientConfig) -> None:
+    def __init__(self, reactor: IReactorTime, pool: ConnectionPool, settings: ListenerSettings, config: ClientConfig) -> None:
         self._reactor = reactor
         self._pool = pool
-        self._timeouts = timeouts
+        self._settings = settings
         self._config = config
 
     def buildProtocol(self, addr: object) -> OutboundConnection:
-        connection = OutboundConnection(self._reactor, self._pool, self._timeouts, self._config)
+        connection = OutboundConnection(self._reactor, self._pool, self._settings, self._config)
         connection.factory = self
         return connection

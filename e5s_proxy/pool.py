@@ -175,12 +175,16 @@ class UpstreamConnection(protocol.Protocol):
 
 
 class ConnectError(Exception):
-    """The pool could not open a connection; ``status`` is 502 or 504."""
+    """The pool could not open a connection; ``status`` is 502 or 504.
 
-    def __init__(self, reason: str, status: int = 502) -> None:
+    ``kind`` labels the failure for metrics: connect, timeout or identity.
+    """
+
+    def __init__(self, reason: str, status: int = 502, kind: str = "connect") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.kind = kind
 
 
 EndpointFactory = Callable[[], tuple[IStreamClientEndpoint, Callable[[Failure], ConnectError]]]
@@ -295,5 +299,5 @@ class ConnectionPool:
 def describe_connect_failure(target: str, failure: Failure) -> ConnectError:
     """Explain a plain TCP or Unix connect failure to the local app or a server."""
     if failure.check(error.TimeoutError, defer.TimeoutError):
-        return ConnectError(f"timed out connecting to {target}", 504)
+        return ConnectError(f"timed out connecting to {target}", 504, "timeout")
     return ConnectError(f"cannot connect to {target}: {failure.getErrorMessage()}", 502)

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
 from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from e5s_proxy.logs import logger
 from twisted.python.failure import Failure
 
-from e5s_proxy.config import Address, Config
-from e5s_proxy.forward import Timeouts
+from e5s_proxy.config import OUTBOUND_EXPOSED_WARNING, Address, Config, is_loopback_host
+from e5s_proxy.forward import ListenerSettings, Timeouts
 from e5s_proxy.identity import IdentitySnapshot, NoIdentityError, WorkloadApiSource
+from e5s_proxy.metrics import Metrics
 from e5s_proxy.inbound import InboundFactory, app_pool, describe_target, inbound_tls_factory
 from e5s_proxy.outbound import OutboundFactory, UpstreamTLS, server_pool
 from e5s_proxy.svid import build_authorizer
 from e5s_proxy.tlsctx import ServerConnectionCreator
+
+
+# How often the drain checks whether every connection has closed; a tenth
+# of a second adds little to shutdown and costs nothing measurable.
+DRAIN_POLL_INTERVAL = 0.1
 
 
 def describe_address(address: Address) -> str:
@@ -52,7 +61,11 @@ class ProxyService(service.Service):
             reactor,
             config.spire.workload_socket,
             initial_fetch_timeout=config.spire.initial_fetch_timeout,
+            svid_spiffe_id=config.spire.svid_spiffe_id,
         )
+        self.metrics = Metrics()
+        self.metrics.watch_readiness(self.is_ready)
+        self.draining = False
         self.exit_code = 0
         self.ready = defer.Deferred()  # fires once every listener is open
 
@@ -62,6 +75,8 @@ class ProxyService(service.Service):
         self._inbound_creator: ServerConnectionCreator | None = None
         self._upstream_tls: UpstreamTLS | None = None
         self._pools = []
+        self._listeners: list[ListenerSettings] = []
+        self._expiry_call = None
         self.rotations = 0
 
     def startService(self) -> None:
@@ -72,18 +87,77 @@ class ProxyService(service.Service):
         starting.addErrback(self._start_failed)
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        self.identity.stop()
-        for pool in self._pools:
-            pool.close_idle()
+        """Stop accepting, let in-flight requests finish up to the drain timeout, then close.
 
-        stopping = [
-            defer.maybeDeferred(port.stopListening)
-            for port in (self.inbound_port, self.outbound_port, self.admin_port)
-            if port is not None
-        ]
-        self.log.info("e5s-proxy stopping")
-        return defer.gatherResults(stopping).addCallback(lambda _: None)
+        A second SIGTERM or SIGINT during the drain closes every connection at once.
+        """
+        super().stopService()
+        self.draining = True
+        self.identity.stop()
+
+        listening = [port for port in (self.inbound_port, self.outbound_port) if port is not None]
+        stopped = defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in listening])
+
+        open_connections = [connection for settings in self._listeners for connection in settings.connections]
+        self.log.info(
+            "e5s-proxy stopping: draining {count} connection(s) for up to {timeout:g}s",
+            count=len(open_connections),
+            timeout=self.config.drain_timeout,
+        )
+        for connection in open_connections:
+            connection.drain()
+
+        drained: defer.Deferred[None] = defer.Deferred()
+        deadline = self._reactor.seconds() + self.config.drain_timeout
+        self._install_second_signal_handler(drained)
+        self._poll_drain(drained, deadline)
+
+        def close_rest(_: object) -> defer.Deferred[None]:
+            self._abort_connections()
+            for pool in self._pools:
+                pool.close_idle()
+            if self.admin_port is not None:
+                return defer.maybeDeferred(self.admin_port.stopListening)
+            return defer.succeed(None)
+
+        drained.addCallback(close_rest)
+        return defer.gatherResults([stopped, drained]).addCallback(lambda _: self.log.info("e5s-proxy stopped"))
+
+    def _open_connection_count(self) -> int:
+        return sum(len(settings.connections) for settings in self._listeners)
+
+    def _poll_drain(self, drained: defer.Deferred[None], deadline: float) -> None:
+        if drained.called:
+            return
+        remaining = self._open_connection_count()
+        if remaining == 0:
+            drained.callback(None)
+            return
+        if self._reactor.seconds() >= deadline:
+            self.log.warn("Drain timeout: closing {count} connection(s) still open", count=remaining)
+            drained.callback(None)
+            return
+        self._reactor.callLater(DRAIN_POLL_INTERVAL, self._poll_drain, drained, deadline)
+
+    def _abort_connections(self) -> None:
+        for settings in self._listeners:
+            for connection in list(settings.connections):
+                connection.transport.abortConnection()
+
+    def _install_second_signal_handler(self, drained: defer.Deferred[None]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop_now(signum: int, frame: object) -> None:
+            self._reactor.callFromThread(self._stop_now, drained)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop_now)
+
+    def _stop_now(self, drained: defer.Deferred[None]) -> None:
+        if not drained.called:
+            self.log.warn("Second stop signal: closing {count} connection(s) now", count=self._open_connection_count())
+            drained.callback(None)
 
     # Start-up.
 
@@ -97,8 +171,11 @@ class ProxyService(service.Service):
             self._open_inbound(snapshot)
         if self.config.client is not None:
             self._open_outbound(snapshot)
+            if not is_loopback_host(self.config.client.listen.host):
+                self.log.warn("{warning}", warning=OUTBOUND_EXPOSED_WARNING)
         if self.config.admin is not None:
             self._open_admin()
+        self._record_identity(snapshot)
         self.identity.subscribe(self._rotate)
         self.ready.callback(None)
 
@@ -113,12 +190,20 @@ class ProxyService(service.Service):
             idle_timeout=server.idle_timeout,
         )
         self._pools.append(pool)
-        timeouts = Timeouts(
-            request_head=server.request_head_timeout,
-            idle=server.idle_timeout,
-            response=server.app_response_timeout,
+        settings = ListenerSettings(
+            direction="inbound",
+            timeouts=Timeouts(
+                request_head=server.request_head_timeout,
+                idle=server.idle_timeout,
+                response=server.app_response_timeout,
+            ),
+            metrics=self.metrics,
+            max_head_size=server.max_head_size,
+            max_header_count=server.max_header_count,
+            access_log=server.access_log,
         )
-        factory = InboundFactory(self._reactor, pool, timeouts, self._inbound_creator, server.peer_header)
+        self._listeners.append(settings)
+        factory = InboundFactory(self._reactor, pool, settings, self._inbound_creator, server.peer_header)
         self.inbound_port = self._listen("server.listen_addr", server.listen, inbound_tls_factory(factory, self._inbound_creator))
         self.log.info(
             "Inbound listening on {address} (mTLS), forwarding to {target}",
@@ -131,12 +216,20 @@ class ProxyService(service.Service):
         self._upstream_tls = UpstreamTLS(client, snapshot)
         pool = server_pool(self._reactor, client, self._upstream_tls)
         self._pools.append(pool)
-        timeouts = Timeouts(
-            request_head=client.idle_timeout,
-            idle=client.idle_timeout,
-            response=client.response_timeout,
+        settings = ListenerSettings(
+            direction="outbound",
+            timeouts=Timeouts(
+                request_head=client.idle_timeout,
+                idle=client.idle_timeout,
+                response=client.response_timeout,
+            ),
+            metrics=self.metrics,
+            max_head_size=client.max_head_size,
+            max_header_count=client.max_header_count,
+            access_log=client.access_log,
         )
-        factory = OutboundFactory(self._reactor, pool, timeouts, client)
+        self._listeners.append(settings)
+        factory = OutboundFactory(self._reactor, pool, settings, client)
         self.outbound_port = self._listen("client.listen_addr", client.listen, factory)
         self.log.info(
             "Outbound listening on {address}, forwarding to https://{server} (expecting {expected})",
@@ -154,8 +247,11 @@ class ProxyService(service.Service):
     def _listen(self, key: str, address: Address, factory: object) -> IListeningPort:
         try:
             return self._reactor.listenTCP(address.port, factory, interface=address.host)
-        except Exception as error:
-            raise StartError(f"{key}: cannot listen on {describe_address(address)}: {error}") from None
+        except CannotListenError as error:
+            raise StartError(
+                f"{key}: cannot listen on {describe_address(address)}: {error.socketError}; "
+                "choose another port, or stop the process that uses it"
+            ) from None
 
     @staticmethod
     def _bound(port: IListeningPort) -> str:
@@ -182,14 +278,71 @@ class ProxyService(service.Service):
         if self._upstream_tls is not None:
             self._upstream_tls.update(snapshot)
         self.rotations += 1
+        self._record_identity(snapshot)
         self.log.debug("TLS contexts rebuilt for {spiffe_id}", spiffe_id=str(snapshot.spiffe_id))
+
+    def _record_identity(self, snapshot: IdentitySnapshot) -> None:
+        self.metrics.identity_updates.inc()
+        self.metrics.svid_expiry.set(snapshot.expires_at.timestamp())
+        self._warn_missing_bundles(snapshot)
+
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        seconds_left = (snapshot.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        self._expiry_call = self._reactor.callLater(max(seconds_left, 0), self._check_expired, snapshot)
+
+    def _check_expired(self, snapshot: IdentitySnapshot) -> None:
+        self._expiry_call = None
+        if self.identity.current is snapshot:
+            self.log.error(
+                "X.509-SVID {spiffe_id} expired at {expires_at} and the Workload API at {socket} sent no "
+                "new one: peers will reject new handshakes and /readyz fails until the agent is back",
+                spiffe_id=str(snapshot.spiffe_id),
+                expires_at=snapshot.expires_at.isoformat(),
+                socket=self.identity.socket_path,
+            )
+
+    def _warn_missing_bundles(self, snapshot: IdentitySnapshot) -> None:
+        """Warn once per update about configured trust domains the agent gave no bundle for."""
+        wanted: dict[str, str] = {}
+        server, client = self.config.server, self.config.client
+        if server is not None:
+            for name in server.allowed_client_trust_domains:
+                wanted[name] = "server.allowed_client_trust_domain"
+            for spiffe_id in server.allowed_client_spiffe_ids:
+                wanted[spiffe_id.trust_domain] = "server.allowed_client_spiffe_id"
+        if client is not None:
+            for name in client.expected_server_trust_domains:
+                wanted[name] = "client.expected_server_trust_domain"
+            for spiffe_id in client.expected_server_spiffe_ids:
+                wanted[spiffe_id.trust_domain] = "client.expected_server_spiffe_id"
+        for name, key in sorted(wanted.items()):
+            if name not in snapshot.bundles:
+                self.log.warn(
+                    "{key} names trust domain {trust_domain}, but the Workload API gave no bundle for it, "
+                    "so its peers are rejected; federate it in SPIRE (entry -federatesWith)",
+                    key=key,
+                    trust_domain=name,
+                )
 
     def is_ready(self) -> bool:
         """Whether the listeners are open and the SVID has not expired."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz fails, or None when ready."""
         snapshot = self.identity.current
-        if not self.ready.called or snapshot is None or self.exit_code:
-            return False
-        return snapshot.expires_at > datetime.datetime.now(datetime.timezone.utc)
+        if self.exit_code:
+            return "start-up failed"
+        if self.draining:
+            return "draining for shutdown"
+        if snapshot is None:
+            return f"no X.509-SVID yet from {self.identity.socket_path}"
+        if not self.ready.called:
+            return "listeners not open yet"
+        if snapshot.expires_at <= datetime.datetime.now(datetime.timezone.utc):
+            return f"X.509-SVID expired at {snapshot.expires_at.isoformat()}; the agent sent no new one"
+        return None
 
 
 class StartError(Exception):

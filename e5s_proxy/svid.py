@@ -27,17 +27,25 @@ class SvidError(Exception):
     """A peer certificate that is not an acceptable X.509-SVID.
 
     ``presented_id`` is the SPIFFE ID the peer claimed, when it got far
-    enough to claim one; logs and 502 bodies show it.
+    enough to claim one; logs and 502 bodies show it. ``kind`` is a short
+    fixed label for metrics: ``invalid_svid``, ``unknown_trust_domain``,
+    ``untrusted_chain`` or ``unauthorized``.
     """
 
-    def __init__(self, reason: str, presented_id: SpiffeId | None = None) -> None:
+    kind = "invalid_svid"
+
+    def __init__(self, reason: str, presented_id: SpiffeId | None = None, kind: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.presented_id = presented_id
+        if kind is not None:
+            self.kind = kind
 
 
 class AuthorizationError(SvidError):
     """A valid SVID whose SPIFFE ID the policy does not allow."""
+
+    kind = "unauthorized"
 
 
 Authorizer = Callable[[SpiffeId], None]
@@ -104,7 +112,7 @@ def verify_chain(
 
     authorities = bundles.get(spiffe_id.trust_domain)
     if not authorities:
-        raise SvidError(f"no bundle for trust domain {spiffe_id.trust_domain!r}", spiffe_id)
+        raise SvidError(f"no bundle for trust domain {spiffe_id.trust_domain!r}", spiffe_id, "unknown_trust_domain")
 
     store = crypto.X509Store()
     for authority in authorities:
@@ -119,6 +127,7 @@ def verify_chain(
         raise SvidError(
             f"certificate chain does not verify against the bundle of {spiffe_id.trust_domain!r}: {error}",
             spiffe_id,
+            "untrusted_chain",
         ) from None
 
     return spiffe_id

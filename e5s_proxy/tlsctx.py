@@ -42,9 +42,19 @@ class PeerVerdict:
     spiffe_id: SpiffeId | None = None  # set when the peer was accepted
     presented_id: SpiffeId | None = None  # what the peer claimed, accepted or not
     error: str | None = None  # why the peer was rejected
+    kind: str | None = None  # SvidError.kind of the rejection, for metrics
 
 
 Clock = Callable[[], datetime.datetime]
+
+
+def describe_tls_error(error: BaseException) -> str:
+    """Turn pyOpenSSL's list of (library, function, reason) tuples into readable text."""
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        reasons = [entry[-1] for entry in error.args[0] if isinstance(entry, tuple) and entry]
+        if reasons:
+            return "; ".join(str(reason) for reason in reasons)
+    return str(error) or type(error).__name__
 
 
 def utc_now() -> datetime.datetime:
@@ -125,11 +135,13 @@ def make_verify_callback(
         except SvidError as error:
             verdict.presented_id = error.presented_id
             verdict.error = error.reason
+            verdict.kind = error.kind
             decided.append(False)
         except Exception as error:
             # A bug of ours must still fail closed; it is logged with its traceback.
             log.failure("Peer certificate check failed unexpectedly")
             verdict.error = f"internal error while checking the peer certificate: {error}"
+            verdict.kind = "internal_error"
             decided.append(False)
         else:
             verdict.spiffe_id = spiffe_id

@@ -619,12 +619,25 @@ class RequestReader(_Reader):
         self._closed = True
         return remaining
 
+    @property
+    def error(self) -> HttpError | None:
+        """The error that ended parsing, if any; later calls raise it."""
+        return self._error
+
     def _parse_buffered(self) -> list[RequestHead | Data | EndOfMessage]:
+        """Parse what is buffered.
+
+        When valid events come before an error in the same bytes, they are
+        returned and the error waits in `error` (the caller answers the valid
+        requests first); with no events before it, the error is raised.
+        """
         events: list[RequestHead | Data | EndOfMessage] = []
         try:
             self._read_events(events)
         except HttpError as error:
-            self._fail(error)
+            if not events:
+                self._fail(error)
+            self._error = error
         return events
 
     def feed_eof(self) -> None:

@@ -85,6 +85,17 @@ def request_head_for_app(
         if not is_peer_header(name, peer_header)
     ]
 
+    # RFC 9112 section 3.2.2: with an absolute-form target, the target's
+    # authority replaces Host. The app gets origin-form and that Host, so it
+    # cannot read a different host than the one in the request line.
+    target = head.target
+    absolute = _ABSOLUTE_FORM.match(target)
+    if absolute is not None:
+        authority = absolute.group().split(b"://", 1)[1]
+        target = _upstream_target(target, b"")
+        fields = [(name, value) for name, value in fields if name.lower() != b"host"]
+        fields.insert(0, (b"Host", authority))
+
     if not any(name.lower() == b"host" for name, _ in fields):
         fields.insert(0, (b"Host", b""))
 
@@ -92,7 +103,7 @@ def request_head_for_app(
     fields.extend(_request_framing(head))
     fields.extend(_upgrade_fields(head))
 
-    return _serialize(_request_line(head.method, head.target), fields)
+    return _serialize(_request_line(head.method, target), fields)
 
 
 def request_head_for_upstream(
@@ -123,7 +134,13 @@ def request_head_for_upstream(
     fields.extend(_request_framing(head))
     fields.extend(_upgrade_fields(head))
 
-    target = _upstream_target(head.target, path_prefix.rstrip(b"/"))
+    prefix = path_prefix.rstrip(b"/")
+    if prefix and _has_dot_segment(head.target):
+        raise ValueError(
+            f"request target {head.target[:200]!r} has a dot-segment or an encoded slash, "
+            "which could leave the server_url path prefix"
+        )
+    target = _upstream_target(head.target, prefix)
     return _serialize(_request_line(head.method, target), fields)
 
 
@@ -242,6 +259,25 @@ def _request_framing(head: RequestHead) -> list[tuple[bytes, bytes]]:
         return [(b"Transfer-Encoding", b"chunked")]
 
     return []
+
+
+_ENCODED_DOT = re.compile(rb"%2e", re.IGNORECASE)
+
+
+def _has_dot_segment(target: bytes) -> bool:
+    """Tell whether a path has ``.`` or ``..`` segments, also percent-encoded, or ``%2F``.
+
+    Servers resolve these after the prefix is put in front, so
+    ``/api`` + ``/../admin`` would reach ``/admin``.
+    """
+    path = target.split(b"?", 1)[0]
+    match = _ABSOLUTE_FORM.match(path)
+    if match is not None:
+        path = path[match.end() :]
+    if b"%2f" in path.lower() or b"%5c" in path.lower() or b"\\" in path:
+        return True
+    segments = _ENCODED_DOT.sub(b".", path).split(b"/")
+    return any(segment in (b".", b"..") for segment in segments)
 
 
 def _upgrade_fields(head: RequestHead) -> list[tuple[bytes, bytes]]:

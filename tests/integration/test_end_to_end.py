@@ -180,6 +180,15 @@ def test_app_unreachable_gives_502(lab, start_proxy, svid_files):
     assert reply.startswith(b"HTTP/1.1 502")
 
 
+def test_app_unreachable_502_hides_app_address(lab, start_proxy, svid_files):
+    port, closed_port = free_port(), free_port()
+    proxy = start_proxy("inbound-no-app-address", inbound_config(lab.node_b.socket_path, port, closed_port), port)
+    reply = raw_exchange(port, svid_files(lab.node_a), b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+    log = wait_for_log(proxy, "cannot reach the app")
+    assert str(closed_port).encode() not in reply
+    assert f"127.0.0.1:{closed_port}" in log
+
+
 def test_outbound_id_mismatch_gives_502_naming_both_ids(lab, inbound, start_proxy):
     port = free_port()
     expected = "spiffe://example.org/orders"

@@ -393,3 +393,16 @@ def test_streaming_64_mib_keeps_memory_bounded(lab, app_port, start_proxy, clien
     assert b'"body_length":%d' % size in upload_reply
     assert received > size
     assert growth_mib <= 32
+
+
+def test_valid_request_before_bad_one_is_answered(recording_inbound, client_svid):
+    port, app = recording_inbound
+    reply = tls_exchange(
+        port,
+        client_svid,
+        b"GET /first HTTP/1.1\r\nHost: app\r\n\r\n"
+        b"POST /second HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert b"HTTP/1.1 400" in reply
+    assert [target for _, target, _, _ in app.requests] == [b"/first"]

@@ -634,7 +634,7 @@ def test_parse_duration_rejects_int() -> None:
 def test_duration_config_must_be_positive(value: str) -> None:
     error = single_error(server_config(idle_timeout=value))
 
-    assert error.startswith("server.idle_timeout: must be greater than zero")
+    assert error.startswith("server.idle_timeout: must be at least 1ms")
 
 
 @pytest.mark.parametrize("value", ["30", "1.5"])
@@ -663,7 +663,7 @@ def test_spire_timeout_zero_rejected() -> None:
     )
     error = single_error(text)
 
-    assert error.startswith("spire.initial_fetch_timeout: must be greater than zero")
+    assert error.startswith("spire.initial_fetch_timeout: must be at least 1ms")
 
 
 @pytest.mark.parametrize(
@@ -1140,3 +1140,107 @@ def test_documented_example_config_valid() -> None:
     )
 
     assert parse_config(text, environ=NO_ENV).client is not None
+
+
+# --- keys for SVID choice, drain, HTTP limits and access logs -------------------
+
+MINIMAL_SERVER = """
+spire:
+  workload_socket: /run/agent.sock
+server:
+  listen_addr: ":8443"
+  target: "127.0.0.1:8080"
+  allowed_client_trust_domain: example.org
+"""
+
+
+def test_svid_spiffe_id_parsed():
+    config = parse_config(MINIMAL_SERVER.replace("/run/agent.sock", "/run/agent.sock\n  svid_spiffe_id: spiffe://example.org/web"))
+    assert str(config.spire.svid_spiffe_id) == "spiffe://example.org/web"
+
+
+def test_svid_spiffe_id_invalid_names_key():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER.replace("/run/agent.sock", "/run/agent.sock\n  svid_spiffe_id: spiffe://Example.org/web"))
+    assert caught.value.errors[0].startswith("spire.svid_spiffe_id:")
+
+
+def test_drain_timeout_defaults_to_15s():
+    assert parse_config(MINIMAL_SERVER).drain_timeout == 15.0
+
+
+def test_drain_timeout_parsed():
+    assert parse_config(MINIMAL_SERVER + 'drain_timeout: "2m"\n').drain_timeout == 120.0
+
+
+def test_drain_timeout_without_unit_rejected():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER + "drain_timeout: 30\n")
+    assert caught.value.errors[0].startswith("drain_timeout:")
+
+
+def test_http_limits_default():
+    server = parse_config(MINIMAL_SERVER).server
+    assert (server.max_head_size, server.max_header_count) == (65536, 100)
+
+
+def test_max_head_size_too_small_rejected():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER + "  max_head_size: 10\n")
+    assert "server.max_head_size: invalid value 10" in caught.value.errors[0]
+
+
+def test_max_header_count_zero_rejected():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER + "  max_header_count: 0\n")
+    assert "server.max_header_count" in caught.value.errors[0]
+
+
+def test_access_log_must_be_boolean():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER + '  access_log: "yes please"\n')
+    assert caught.value.errors[0].startswith("server.access_log: expected true or false")
+
+
+def test_summary_mentions_drain_timeout():
+    assert "up to 15s" in summarize(parse_config(MINIMAL_SERVER))
+
+
+def test_duration_below_one_millisecond_rejected():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER + '  idle_timeout: "1ns"\n')
+    assert caught.value.errors[0].startswith("server.idle_timeout: must be at least 1ms")
+
+
+def test_target_equal_to_listen_rejected():
+    text = MINIMAL_SERVER.replace('listen_addr: ":8443"', 'listen_addr: "127.0.0.1:8080"')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.errors[0].startswith('server.target: "127.0.0.1:8080" is the proxy\'s own')
+
+
+@pytest.mark.parametrize("path", ["/api/../admin", "/api/%2e%2e/admin", "/api/./v1", "/a%2Fb"])
+def test_server_url_dot_segment_rejected(path):
+    text = f"""
+spire:
+  workload_socket: /run/agent.sock
+client:
+  listen_addr: "127.0.0.1:15001"
+  server_url: "https://orders:8443{path}"
+  expected_server_trust_domain: example.org
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert "path prefix has a" in caught.value.errors[0]
+
+
+def test_summary_warns_about_exposed_outbound_listener():
+    text = """
+spire:
+  workload_socket: /run/agent.sock
+client:
+  listen_addr: "0.0.0.0:15001"
+  server_url: "https://orders:8443"
+  expected_server_trust_domain: example.org
+"""
+    assert "WARNING: client.listen_addr is not on loopback" in summarize(parse_config(text))

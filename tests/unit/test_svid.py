@@ -129,3 +129,23 @@ def test_describe_expected_names_ids():
 
 def test_describe_expected_names_trust_domain():
     assert describe_expected([], ["example.org"]) == "any ID in trust domain example.org"
+
+
+def test_unknown_trust_domain_kind():
+    cert, _ = make_svid(OTHER, ["spiffe://other.org/web"])
+    with pytest.raises(SvidError) as caught:
+        verify_chain([cert], {"example.org": [EXAMPLE.cert]}, NOW)
+    assert caught.value.kind == "unknown_trust_domain"
+
+
+def test_untrusted_chain_kind():
+    forged, _ = make_svid(OTHER, ["spiffe://example.org/web"])
+    with pytest.raises(SvidError) as caught:
+        verify_chain([forged], {"example.org": [EXAMPLE.cert]}, NOW)
+    assert caught.value.kind == "untrusted_chain"
+
+
+def test_unauthorized_kind():
+    with pytest.raises(AuthorizationError) as caught:
+        authorize_trust_domains(["example.org"])(SpiffeId("other.org", "/web"))
+    assert caught.value.kind == "unauthorized"

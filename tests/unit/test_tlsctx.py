@@ -7,7 +7,7 @@ from OpenSSL import SSL
 
 from e5s_proxy.spiffeid import SpiffeId
 from e5s_proxy.svid import authorize_ids, authorize_trust_domains
-from e5s_proxy.tlsctx import ClientConnectionCreator, ServerConnectionCreator, build_client_context
+from e5s_proxy.tlsctx import ClientConnectionCreator, ServerConnectionCreator, build_client_context, describe_tls_error
 from tests.pki import make_authority, make_snapshot
 
 EXAMPLE = make_authority("example.org")
@@ -152,3 +152,12 @@ def test_inbound_rejects_old_tls_versions(version):
     client.set_connect_state()
     server_error, _ = handshake(server, client)
     assert server_error is not None
+
+
+def test_describe_tls_error_joins_reasons():
+    error = SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca"), ("SSL routines", "", "second")])
+    assert describe_tls_error(error) == "tlsv1 alert unknown ca; second"
+
+
+def test_describe_tls_error_other_exception():
+    assert describe_tls_error(ValueError("plain")) == "plain"

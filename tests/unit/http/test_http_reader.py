@@ -439,11 +439,28 @@ def test_request_reader_pipelined() -> None:
     assert body_of(events) == b"abcde"
 
 
-def test_request_reader_pipelined_error_after_good() -> None:
+def test_request_reader_pipelined_error_after_good_returns_good() -> None:
     reader = RequestReader()
 
+    events = reader.feed(GET + request(b"GET / HTTP/1.1"))
+
+    assert [type(event).__name__ for event in events] == ["RequestHead", "EndOfMessage"]
+
+
+def test_request_reader_pipelined_error_after_good_kept() -> None:
+    reader = RequestReader()
+
+    reader.feed(GET + request(b"GET / HTTP/1.1"))
+
+    assert reader.error.status == 400
+
+
+def test_request_reader_pipelined_error_raised_on_next_feed() -> None:
+    reader = RequestReader()
+    reader.feed(GET + request(b"GET / HTTP/1.1"))
+
     with pytest.raises(HttpError):
-        reader.feed(GET + request(b"GET / HTTP/1.1"))
+        reader.feed(GET)
 
 
 def test_request_reader_empty_lines_between_requests() -> None:

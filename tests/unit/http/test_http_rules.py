@@ -428,3 +428,38 @@ def test_simple_response_keep_open() -> None:
     data = simple_response(404, "not found", close=False)
 
     assert b"Connection" not in data
+
+
+def test_app_head_absolute_form_becomes_origin_form() -> None:
+    head = parse(b"GET http://admin.internal/secret?x=1 HTTP/1.1\r\nHost: public.example\r\n\r\n")
+    out = request_head_for_app(head, peer_header=b"X-Peer-SPIFFE-ID", peer_id=b"spiffe://example.org/a")
+    assert out.startswith(b"GET /secret?x=1 HTTP/1.1\r\n")
+
+
+def test_app_head_absolute_form_authority_replaces_host() -> None:
+    head = parse(b"GET http://admin.internal/secret HTTP/1.1\r\nHost: public.example\r\n\r\n")
+    out = request_head_for_app(head, peer_header=b"X-Peer-SPIFFE-ID", peer_id=b"spiffe://example.org/a")
+    hosts = [line for line in out.split(b"\r\n") if line.lower().startswith(b"host:")]
+    assert hosts == [b"Host: admin.internal"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/../admin", b"/%2e%2e/admin", b"/%2E./admin", b"/..%2fadmin", b"/a/./b", b"/a/..", b"/a%5c..%5cb"],
+)
+def test_upstream_head_rejects_prefix_escape(target: bytes) -> None:
+    head = parse(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    with pytest.raises(ValueError, match="dot-segment"):
+        request_head_for_upstream(head, authority=b"server:8443", path_prefix=b"/api")
+
+
+def test_upstream_head_allows_dots_inside_names() -> None:
+    head = parse(b"GET /a..b/.well-known/x.json HTTP/1.1\r\nHost: a\r\n\r\n")
+    out = request_head_for_upstream(head, authority=b"server:8443", path_prefix=b"/api")
+    assert out.startswith(b"GET /api/a..b/.well-known/x.json HTTP/1.1")
+
+
+def test_upstream_head_without_prefix_keeps_dot_segments() -> None:
+    head = parse(b"GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n")
+    out = request_head_for_upstream(head, authority=b"server:8443", path_prefix=b"")
+    assert out.startswith(b"GET /a/../b HTTP/1.1")

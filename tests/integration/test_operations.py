@@ -1,0 +1,188 @@
+"""Running like a production sidecar on real SPIRE: drain, admin, agent loss and late agents."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from harness.proxy import ProxyProcess, free_port, inbound_config, port_open
+from harness.spire import SpireAgent, make_workdir
+from tests.integration.conftest import CLIENT_ID, raw_exchange
+
+pytestmark = pytest.mark.spire
+
+LOSS_ID = "spiffe://example.org/agent-loss"
+LATE_ID = "spiffe://example.org/late-agent"
+
+
+def admin_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def slow_upload(port: int, svid, seconds: float) -> bytes:
+    """POST to the app's slow /sink so that the exchange lasts about ``seconds``."""
+    blocks = max(int(seconds / 0.1), 1)
+    body_size = blocks * 65536
+    request = (
+        b"POST /sink?delay_ms=100 HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+        % body_size
+    )
+    return raw_exchange(port, svid, request + b"s" * body_size, timeout=seconds + 30)
+
+
+@pytest.fixture
+def admin_inbound(lab, app_port, start_proxy):
+    port, admin_port = free_port(), free_port()
+    config = inbound_config(lab.node_b.socket_path, port, app_port, access_log=True)
+    config["admin"] = {"listen_addr": f"127.0.0.1:{admin_port}"}
+    config["drain_timeout"] = "20s"
+    proxy = start_proxy("inbound-admin", config, port)
+    return proxy, port, admin_port
+
+
+def test_healthz_ok(admin_inbound):
+    _, _, admin_port = admin_inbound
+    assert admin_get(admin_port, "/healthz") == (200, "ok\n")
+
+
+def test_readyz_ok_with_valid_svid(admin_inbound):
+    _, _, admin_port = admin_inbound
+    assert admin_get(admin_port, "/readyz") == (200, "ready\n")
+
+
+def test_metrics_count_requests_and_handshakes(admin_inbound, lab, svid_files):
+    _, port, admin_port = admin_inbound
+    raw_exchange(port, svid_files(lab.node_a), b"GET /m HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+    _, text = admin_get(admin_port, "/metrics")
+    assert 'e5s_requests_total{direction="inbound",status="200"} 1.0' in text
+    assert 'e5s_handshakes_total{outcome="accepted"} 1.0' in text
+    assert "e5s_svid_expiry_timestamp_seconds " in text
+
+
+def test_metrics_count_rejected_handshake(admin_inbound):
+    _, port, admin_port = admin_inbound
+    with pytest.raises(OSError):
+        raw_exchange(port, None, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+    time.sleep(0.5)
+    _, text = admin_get(admin_port, "/metrics")
+    assert 'e5s_rejections_total{direction="inbound",reason="no_certificate"} 1.0' in text
+
+
+def test_access_log_line_names_peer(admin_inbound, lab, svid_files):
+    proxy, port, _ = admin_inbound
+    raw_exchange(port, svid_files(lab.node_a), b"GET /logged HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+    assert wait_until(lambda: '"GET /logged" 200' in proxy.log_text(), 5)
+    line = next(line for line in proxy.log_text().splitlines() if '"GET /logged"' in line)
+    assert CLIENT_ID in line
+
+
+def test_sigterm_lets_in_flight_request_finish(admin_inbound, lab, svid_files):
+    proxy, port, admin_port = admin_inbound
+    svid = svid_files(lab.node_a)
+    result: dict[str, bytes] = {}
+    worker = threading.Thread(target=lambda: result.setdefault("reply", slow_upload(port, svid, 3)))
+    worker.start()
+    time.sleep(1)
+
+    proxy.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    refused = not port_open(port)
+    readyz = admin_get(admin_port, "/readyz")
+    worker.join(30)
+    exit_code = proxy.process.wait(30)
+
+    assert result["reply"].startswith(b"HTTP/1.1 200")
+    assert refused
+    assert readyz[0] == 503
+    assert exit_code == 0
+
+
+def test_second_signal_stops_at_once(admin_inbound, lab, svid_files):
+    proxy, port, _ = admin_inbound
+    svid = svid_files(lab.node_a)
+    worker = threading.Thread(target=lambda: _ignore_errors(lambda: slow_upload(port, svid, 8)))
+    worker.start()
+    time.sleep(1)
+
+    proxy.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    started = time.monotonic()
+    proxy.process.send_signal(signal.SIGTERM)
+    exit_code = proxy.process.wait(30)
+    elapsed = time.monotonic() - started
+    worker.join(30)
+
+    assert exit_code == 0
+    assert elapsed < 3
+
+
+def _ignore_errors(call) -> None:
+    try:
+        call()
+    except OSError:
+        pass
+
+
+def test_agent_loss_keeps_serving_and_recovers(lab, app_port, start_proxy, svid_files):
+    agent = lab.add_agent("node-loss")
+    lab.register_workload(agent, LOSS_ID)
+    lab.wait_for_svid(agent, LOSS_ID)
+    port = free_port()
+    proxy = start_proxy("inbound-agent-loss", inbound_config(agent.socket_path, port, app_port), port)
+    svid = svid_files(lab.node_a)
+    request = b"GET /loss HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+
+    agent.kill()
+    assert wait_until(lambda: "unavailable" in proxy.log_text(), 15)
+    during = [raw_exchange(port, svid, request) for _ in range(3)]
+    updates_before = proxy.log_text().count("New X.509 identity")
+    agent.restart()
+    reconnected = wait_until(lambda: proxy.log_text().count("New X.509 identity") > updates_before, 30)
+    after = raw_exchange(port, svid, request)
+
+    assert all(reply.startswith(b"HTTP/1.1 200") for reply in during)
+    assert "retry 2 in" in proxy.log_text()
+    assert reconnected
+    assert after.startswith(b"HTTP/1.1 200")
+
+
+def test_agent_started_after_proxy_is_picked_up(lab, app_port, workdir):
+    agent_dir = make_workdir("node-late")
+    lab.workdirs.append(agent_dir)
+    agent = SpireAgent(agent_dir, lab.server, lab.server.join_token(), lab.bin_dir)
+    port = free_port()
+    config = inbound_config(agent.socket_path, port, app_port)
+    config["spire"]["initial_fetch_timeout"] = "60s"
+    proxy = ProxyProcess(workdir, "inbound-late-agent", config)
+    proxy.start()
+    try:
+        time.sleep(2)
+        agent.start()
+        lab.register_workload(agent, LATE_ID)
+        listening = wait_until(lambda: port_open(port), 60)
+        still_running = proxy.process.poll() is None
+    finally:
+        proxy.stop()
+        agent.stop()
+    assert still_running
+    assert listening
