@@ -18,7 +18,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from e5s_proxy.logs import logger
+from e5s_proxy import singlethread
+from e5s_proxy.logs import logger, set_debug
 from twisted.python.failure import Failure
 
 from e5s_proxy.config import OUTBOUND_EXPOSED_WARNING, Address, Config, is_loopback_host
@@ -82,6 +83,13 @@ class ProxyService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.log.info("e5s-proxy starting with {source}", source=self.config.source)
+        if singlethread.requested():
+            singlethread.install(self._reactor)
+            set_debug(True)
+            self.log.info(
+                "Single-thread debug mode: no reactor thread pool (names resolve on the reactor thread); "
+                "the Workload API watcher still has its own thread"
+            )
         starting = self.identity.start()
         starting.addCallback(self._open_listeners)
         starting.addErrback(self._start_failed)

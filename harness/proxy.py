@@ -35,13 +35,22 @@ def port_open(port: int) -> bool:
 class ProxyProcess:
     """``e5s-proxy run --config FILE`` with its log in ``workdir``."""
 
-    def __init__(self, workdir: Path, name: str, config: dict, *, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        config: dict,
+        *,
+        extra_args: tuple[str, ...] = (),
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.name = name
         self.config = config
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
         self.extra_args = extra_args
+        self.environment = environment
         self.process: subprocess.Popen | None = None
 
     @property
@@ -51,7 +60,10 @@ class ProxyProcess:
     def start(self, wait_ports: tuple[int, ...] = ()) -> ProxyProcess:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            environment = None if self.environment is None else {**os.environ, **self.environment}
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment
+            )
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for port in wait_ports:
             while not port_open(port):

@@ -186,3 +186,18 @@ def test_agent_started_after_proxy_is_picked_up(lab, app_port, workdir):
         agent.stop()
     assert still_running
     assert listening
+
+
+def test_single_thread_mode_serves_hostname_target(lab, app_port, workdir, svid_files):
+    port = free_port()
+    config = inbound_config(lab.node_b.socket_path, port, app_port)
+    config["server"]["target"] = f"localhost:{app_port}"
+    proxy = ProxyProcess(workdir, "inbound-single-thread", config, environment={"E5S_DEBUG_SINGLE_THREAD": "1"})
+    with proxy.start((port,)):
+        reply = raw_exchange(
+            port, svid_files(lab.node_a), b"GET /single HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+        )
+        log = proxy.log_text()
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert "Single-thread debug mode" in log
+    assert f"as {CLIENT_ID}" in log
