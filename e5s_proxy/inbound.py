@@ -7,6 +7,7 @@ every client-supplied copy of the peer header on each request it sends.
 
 from __future__ import annotations
 
+import datetime
 from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
@@ -70,6 +71,7 @@ class InboundConnection(Forwarder):
         self._peer_header = peer_header
         self._peer_id: bytes | None = None
         self._rejections = rejections
+        self._expiry_call = None
 
     def handshakeCompleted(self) -> None:
         verdict = self._creator.verdict_for(self.transport)
@@ -82,12 +84,28 @@ class InboundConnection(Forwarder):
         self._peer_id = str(verdict.spiffe_id).encode("ascii")
         self.peer_id = str(verdict.spiffe_id)
         self._metrics.handshakes.labels("accepted").inc()
+        expires = _leaf_expiry(self.transport)
         self.log.debug(
             "inbound: accepted {peer} as {spiffe_id}, certificate expires {expires}",
             peer=self.peer,
             spiffe_id=self.peer_id,
-            expires=_leaf_expiry(self.transport),
+            expires=expires.isoformat() if expires else "unknown",
         )
+        if expires is not None:
+            # The identity checked at the handshake is only valid until the
+            # client's certificate expires; a keep-alive connection must not
+            # carry it longer.
+            seconds = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+            self._expiry_call = self._reactor.callLater(max(seconds, 0), self._peer_certificate_expired)
+
+    def _peer_certificate_expired(self) -> None:
+        self._expiry_call = None
+        self.log.info(
+            "inbound: client certificate of {spiffe_id} ({peer}) expired; closing after the request in progress",
+            spiffe_id=self.peer_id,
+            peer=self.peer,
+        )
+        self.drain()
 
     def connect_failed(self, error: ConnectError) -> None:
         # The client is another workload: the app's address and the socket
@@ -107,6 +125,8 @@ class InboundConnection(Forwarder):
         return request_head_for_app(head, peer_header=self._peer_header, peer_id=self._peer_id)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
         if self._peer_id is None:
             self._log_rejected_handshake(reason)
         super().connectionLost(reason)
@@ -141,12 +161,11 @@ class InboundConnection(Forwarder):
         )
 
 
-def _leaf_expiry(tls_transport: object) -> str:
-    try:
-        certificate = tls_transport.getPeerCertificate()
-        return certificate.to_cryptography().not_valid_after_utc.isoformat()
-    except Exception:
-        return "unknown"
+def _leaf_expiry(tls_transport: object) -> datetime.datetime | None:
+    certificate = tls_transport.getPeerCertificate()
+    if certificate is None:
+        return None
+    return certificate.to_cryptography().not_valid_after_utc
 
 
 class InboundFactory(protocol.Factory):

@@ -12,6 +12,7 @@ local app, outbound pools mTLS connections to the remote server.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
@@ -63,14 +64,23 @@ class UpstreamConnection(protocol.Protocol):
         self.closed = False
         self.idle_call = None
         self.tunnel: ResponseListener | None = None
+        self.expires_at: float | None = None  # Unix time the server's certificate expires (TLS only)
 
     def connectionMade(self) -> None:
         if not self.tls:
             self.ready.callback(self)
 
     def handshakeCompleted(self) -> None:
-        if self.tls and not self.ready.called:
-            self.ready.callback(self)
+        if not self.tls or self.ready.called:
+            return
+        certificate = self.transport.getPeerCertificate()
+        if certificate is not None:
+            self.expires_at = certificate.to_cryptography().not_valid_after_utc.timestamp()
+        self.ready.callback(self)
+
+    def expired(self, now: float) -> bool:
+        """Whether the server's certificate expired, so the connection must not carry new requests."""
+        return self.expires_at is not None and now >= self.expires_at
 
     def begin(self, listener: ResponseListener, method: bytes, *, upgrade: bool = False) -> None:
         """Start an exchange; the request head and body follow with `write`."""
@@ -232,12 +242,17 @@ class ConnectionPool:
 
     def acquire(self) -> defer.Deferred[UpstreamConnection]:
         """Return an idle connection, or open a new one."""
+        now = time.time()
         while self._idle:
             connection = self._idle.pop()
             self._cancel_idle_timer(connection)
-            if not connection.closed:
-                self.reused += 1
-                return defer.succeed(connection)
+            if connection.closed:
+                continue
+            if connection.expired(now):
+                connection.abort()
+                continue
+            self.reused += 1
+            return defer.succeed(connection)
 
         endpoint, explain = self._endpoint_factory()
         connecting = endpoint.connect(_UpstreamFactory(self._tls))

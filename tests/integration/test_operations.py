@@ -39,6 +39,20 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
     return condition()
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """Read one response that has a Content-Length, and nothing after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def slow_upload(port: int, svid, seconds: float) -> bytes:
     """POST to the app's slow /sink so that the exchange lasts about ``seconds``."""
     blocks = max(int(seconds / 0.1), 1)
@@ -201,3 +215,24 @@ def test_single_thread_mode_serves_hostname_target(lab, app_port, workdir, svid_
     assert reply.startswith(b"HTTP/1.1 200")
     assert "Single-thread debug mode" in log
     assert f"as {CLIENT_ID}" in log
+
+
+def test_keep_alive_connection_closed_when_client_certificate_expires(inbound, lab, svid_files):
+    from cryptography import x509
+    from tests.integration.conftest import tls_client_context
+
+    svid = svid_files(lab.node_a)
+    expires = x509.load_pem_x509_certificate(svid.cert.read_bytes()).not_valid_after_utc.timestamp()
+    request = b"GET /expiry HTTP/1.1\r\nHost: app\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", inbound.port), timeout=60) as plain:
+        with tls_client_context(svid).wrap_socket(plain) as sock:
+            sock.sendall(request)
+            first = read_response(sock)
+            time.sleep(max(expires - time.time(), 0) + 1.5)
+            try:
+                sock.sendall(request)
+                after_expiry = sock.recv(65536)
+            except OSError:
+                after_expiry = b""
+    assert first.startswith(b"HTTP/1.1 200")
+    assert after_expiry == b""
