@@ -128,6 +128,7 @@ class Exchange:
     request_bytes: int = 0
     response_bytes: int = 0
     started: float = 0.0
+    retried: bool = False
     timers: list[IDelayedCall] = field(default_factory=list)
 
 
@@ -466,6 +467,9 @@ class Forwarder(protocol.Protocol):
         exchange = self._exchange
         if exchange is None:
             return
+        if self._can_retry(exchange, status):
+            self._retry(exchange, reason)
+            return
         self._metrics.upstream_errors.labels(self.direction, "timeout" if status == 504 else "bad_response").inc()
         self.log.warn(
             "{direction}: bad or missing upstream response for {peer} ({method} {target}): {reason}",
@@ -476,6 +480,45 @@ class Forwarder(protocol.Protocol):
             reason=reason,
         )
         self._abort_exchange(exchange, status, reason)
+
+    def _can_retry(self, exchange: Exchange, status: int) -> bool:
+        """Whether a failed exchange may be sent again on a new connection.
+
+        Only a request without a body, sent on a pooled connection that the
+        server closed before answering a single byte: the server closing an
+        idle keep-alive connection races with the next request, and such a
+        request can be replayed from its head alone.
+        """
+        upstream = exchange.upstream
+        return (
+            status == 502
+            and not exchange.retried
+            and not exchange.response_started
+            and exchange.head.framing is Framing.NONE
+            and exchange.head.upgrade is None
+            and upstream is not None
+            and upstream.reused
+            and upstream.exchange_bytes == 0
+        )
+
+    def _retry(self, exchange: Exchange, reason: str) -> None:
+        self.log.debug(
+            "{direction}: pooled connection closed before answering {method} {target} ({reason}); retrying once",
+            direction=self.direction,
+            method=exchange.head.method.decode("latin-1"),
+            target=exchange.head.target.decode("latin-1"),
+            reason=reason,
+        )
+        self._cancel_exchange_timers(exchange)
+        self._detach(exchange)
+        exchange.upstream.abort()
+        exchange.upstream = None
+        exchange.retried = True
+        self._gate.pause("connecting upstream")
+        self._pool.acquire().addCallbacks(
+            lambda upstream: self._upstream_ready(exchange, upstream),
+            lambda failure: self._upstream_failed(exchange, failure),
+        )
 
     # Ending exchanges and connections.
 

@@ -65,6 +65,8 @@ class UpstreamConnection(protocol.Protocol):
         self.idle_call = None
         self.tunnel: ResponseListener | None = None
         self.expires_at: float | None = None  # Unix time the server's certificate expires (TLS only)
+        self.reused = False  # taken from the pool's idle connections, not freshly opened
+        self.exchange_bytes = 0  # bytes received during the current exchange
 
     def connectionMade(self) -> None:
         if not self.tls:
@@ -85,6 +87,7 @@ class UpstreamConnection(protocol.Protocol):
     def begin(self, listener: ResponseListener, method: bytes, *, upgrade: bool = False) -> None:
         """Start an exchange; the request head and body follow with `write`."""
         self.listener = listener
+        self.exchange_bytes = 0
         self.reader.expect(method, upgrade=upgrade)
 
     def start_tunnel(self) -> bytes:
@@ -106,6 +109,7 @@ class UpstreamConnection(protocol.Protocol):
             self.tunnel.tunnel_data(data)
             return
 
+        self.exchange_bytes += len(data)
         if self.listener is None:
             # Bytes from an idle connection answer no request: the
             # connection cannot be trusted to frame the next response.
@@ -252,6 +256,7 @@ class ConnectionPool:
                 connection.abort()
                 continue
             self.reused += 1
+            connection.reused = True
             return defer.succeed(connection)
 
         endpoint, explain = self._endpoint_factory()
