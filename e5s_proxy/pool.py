@@ -31,6 +31,12 @@ from zope.interface import implementer
 from e5s_proxy.http import EndOfMessage, HttpError, ResponseHead, ResponseReader
 
 
+# A pooled mTLS connection is not reused within this many seconds of its
+# client or server certificate expiring: the server closes connections whose
+# client certificate expired, and a request sent just then would race it.
+REUSE_MARGIN = 2.0
+
+
 class ResponseListener(TypingProtocol):
     """What the forwarder implements to receive one response."""
 
@@ -64,7 +70,7 @@ class UpstreamConnection(protocol.Protocol):
         self.closed = False
         self.idle_call = None
         self.tunnel: ResponseListener | None = None
-        self.expires_at: float | None = None  # Unix time the server's certificate expires (TLS only)
+        self.expires_at: float | None = None  # Unix time after which the connection is not reused (TLS only)
         self.reused = False  # taken from the pool's idle connections, not freshly opened
         self.exchange_bytes = 0  # bytes received during the current exchange
 
@@ -75,13 +81,14 @@ class UpstreamConnection(protocol.Protocol):
     def handshakeCompleted(self) -> None:
         if not self.tls or self.ready.called:
             return
-        certificate = self.transport.getPeerCertificate()
-        if certificate is not None:
-            self.expires_at = certificate.to_cryptography().not_valid_after_utc.timestamp()
+        certificates = [self.transport.getPeerCertificate(), self.transport.getHandle().get_certificate()]
+        expiries = [cert.to_cryptography().not_valid_after_utc.timestamp() for cert in certificates if cert is not None]
+        if expiries:
+            self.expires_at = min(expiries) - REUSE_MARGIN
         self.ready.callback(self)
 
     def expired(self, now: float) -> bool:
-        """Whether the server's certificate expired, so the connection must not carry new requests."""
+        """Whether either certificate is about to expire, so the connection must not carry new requests."""
         return self.expires_at is not None and now >= self.expires_at
 
     def begin(self, listener: ResponseListener, method: bytes, *, upgrade: bool = False) -> None:

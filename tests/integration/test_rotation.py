@@ -11,14 +11,23 @@ pytestmark = pytest.mark.spire
 
 UPDATE_LINE = "New X.509 identity"
 
-# Long enough to see a rotation on both proxies (SPIRE renews a 30 s SVID
-# after about 15 s); capped so a proxy that never rotates fails the test.
-MIN_TRAFFIC_SECONDS = 35
-MAX_TRAFFIC_SECONDS = 90
+# Two minutes see several rotations on both proxies (SPIRE renews a 30 s
+# SVID after about 15 s), and connections closed because their client
+# certificate expired; the cap makes a proxy that never rotates fail.
+MIN_TRAFFIC_SECONDS = 120
+MIN_ROTATIONS = 3
+MAX_TRAFFIC_SECONDS = 180
 
 
 def request(connection: http.client.HTTPConnection, path: str) -> int:
     connection.request("GET", path)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def post(connection: http.client.HTTPConnection, path: str) -> int:
+    connection.request("POST", path, body=b"rotation body")
     response = connection.getresponse()
     response.read()
     return response.status
@@ -35,8 +44,8 @@ def test_traffic_across_rotation_fails_no_request(inbound, outbound):
     while True:
         elapsed = time.monotonic() - started
         rotated = (
-            inbound.proxy.log_text().count(UPDATE_LINE) > inbound_before
-            and outbound.proxy.log_text().count(UPDATE_LINE) > outbound_before
+            inbound.proxy.log_text().count(UPDATE_LINE) >= inbound_before + MIN_ROTATIONS
+            and outbound.proxy.log_text().count(UPDATE_LINE) >= outbound_before + MIN_ROTATIONS
         )
         if elapsed > MAX_TRAFFIC_SECONDS or (elapsed > MIN_TRAFFIC_SECONDS and rotated):
             break
@@ -44,15 +53,18 @@ def test_traffic_across_rotation_fails_no_request(inbound, outbound):
         status = request(keep_alive, f"/rotation/keepalive/{sent}")
         if status != 200:
             failures.append(f"keep-alive request {sent}: {status}")
+        status = post(keep_alive, f"/rotation/post/{sent}")
+        if status != 200:
+            failures.append(f"keep-alive POST {sent}: {status}")
         fresh = http.client.HTTPConnection("127.0.0.1", outbound.port, timeout=30)
         status = request(fresh, f"/rotation/new/{sent}")
         fresh.close()
         if status != 200:
             failures.append(f"new-connection request {sent}: {status}")
-        sent += 2
+        sent += 3
         time.sleep(0.05)
     keep_alive.close()
 
     assert failures == []
-    assert inbound.proxy.log_text().count(UPDATE_LINE) > inbound_before
-    assert outbound.proxy.log_text().count(UPDATE_LINE) > outbound_before
+    assert inbound.proxy.log_text().count(UPDATE_LINE) >= inbound_before + MIN_ROTATIONS
+    assert outbound.proxy.log_text().count(UPDATE_LINE) >= outbound_before + MIN_ROTATIONS
