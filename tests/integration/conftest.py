@@ -104,10 +104,11 @@ def start_proxy(workdir):
     """Start a proxy for one test; stopped at the end of the test."""
     started: list[ProxyProcess] = []
 
-    def start(name: str, config: dict, port: int) -> ProxyProcess:
+    def start(name: str, config: dict, *ports: int) -> ProxyProcess:
+        """Start a proxy and wait until every one of ``ports`` accepts connections."""
         proxy = ProxyProcess(workdir, name, config)
         started.append(proxy)
-        return proxy.start((port,))
+        return proxy.start(ports)
 
     yield start
     for proxy in started:

@@ -70,7 +70,7 @@ def admin_inbound(lab, app_port, start_proxy):
     config = inbound_config(lab.node_b.socket_path, port, app_port, access_log=True)
     config["admin"] = {"listen_addr": f"127.0.0.1:{admin_port}"}
     config["drain_timeout"] = "20s"
-    proxy = start_proxy("inbound-admin", config, port)
+    proxy = start_proxy("inbound-admin", config, port, admin_port)
     return proxy, port, admin_port
 
 
@@ -236,3 +236,30 @@ def test_keep_alive_connection_closed_when_client_certificate_expires(inbound, l
                 after_expiry = b""
     assert first.startswith(b"HTTP/1.1 200")
     assert after_expiry == b""
+
+
+EXPIRY_ID = "spiffe://example.org/expiry"
+
+
+def test_svid_expiry_while_agent_away_fails_readyz_then_recovers(lab, app_port, start_proxy, svid_files):
+    agent = lab.add_agent("node-expiry")
+    lab.register_workload(agent, EXPIRY_ID, x509_svid_ttl=30)
+    lab.wait_for_svid(agent, EXPIRY_ID)
+    port, admin_port = free_port(), free_port()
+    config = inbound_config(agent.socket_path, port, app_port)
+    config["admin"] = {"listen_addr": f"127.0.0.1:{admin_port}"}
+    proxy = start_proxy("inbound-expiry", config, port, admin_port)
+    request = b"GET /expired HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+
+    agent.kill()
+    failed = wait_until(lambda: admin_get(admin_port, "/readyz")[0] == 503, 45, interval=1)
+    readyz_text = admin_get(admin_port, "/readyz")[1]
+    agent.restart()
+    recovered = wait_until(lambda: admin_get(admin_port, "/readyz")[0] == 200, 45, interval=1)
+    reply = raw_exchange(port, svid_files(lab.node_a), request)
+
+    assert failed
+    assert "expired" in readyz_text
+    assert "sent no new one" in proxy.log_text()
+    assert recovered
+    assert reply.startswith(b"HTTP/1.1 200")
