@@ -1,0 +1,1 @@
+"""Benchmark of e5s-proxy against ghostunnel, nginx and a direct connection."""

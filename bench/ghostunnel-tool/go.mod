@@ -1,0 +1,3 @@
+module ghostunneltool
+
+go 1.26.6
