@@ -89,6 +89,12 @@ class ReadGate:
         if not self._reasons:
             self._transport.resumeProducing()
 
+    def release(self) -> None:
+        """Resume reading for good: a closing connection must see the peer's close."""
+        if self._reasons:
+            self._reasons.clear()
+            self._transport.resumeProducing()
+
     def pauseProducing(self) -> None:
         self.pause("write buffer full")
 
@@ -154,6 +160,8 @@ class Forwarder(protocol.Protocol):
         self._timer: IDelayedCall | None = None
         self._timer_kind = ""
         self._tunnel: UpstreamConnection | None = None
+        self._close_call: IDelayedCall | None = None
+        self._lost = False
         self._client_eof = False
         self._draining = False
         self.peer_id = "-"  # the verified SPIFFE ID, for access logs (inbound only)
@@ -185,13 +193,17 @@ class Forwarder(protocol.Protocol):
         self._metrics.active_connections.labels(self.direction).inc()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
         if self in self._settings.connections:
             self._settings.connections.discard(self)
             self._metrics.active_connections.labels(self.direction).dec()
         self._closing = True
         self._cancel_timer()
+        if self._close_call is not None and self._close_call.active():
+            self._close_call.cancel()
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
+            self._unregister_tunnel(tunnel)
             tunnel.transport.loseConnection()
             return
         exchange, self._exchange = self._exchange, None
@@ -214,8 +226,7 @@ class Forwarder(protocol.Protocol):
             self._pump()
             return
         if self._exchange is None and not self._pending:
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -224,8 +235,7 @@ class Forwarder(protocol.Protocol):
         """Close once the exchange in progress ends; close now if there is none."""
         self._draining = True
         if self._tunnel is None and self._exchange is None and not self._closing:
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
 
     def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -449,9 +459,17 @@ class Forwarder(protocol.Protocol):
 
     def tunnel_closed(self) -> None:
         """The upstream side of the tunnel ended; close this side once its writes are sent."""
+        if self._tunnel is not None:
+            self._unregister_tunnel(self._tunnel)
         if not self._closing:
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
+
+    def _unregister_tunnel(self, tunnel: UpstreamConnection) -> None:
+        # A transport with a registered producer waits for it before closing.
+        if tunnel.transport is not None and not tunnel.closed:
+            tunnel.transport.unregisterProducer()
+        if not self._lost:
+            self.transport.unregisterProducer()
 
     @staticmethod
     def _end_tunnel_write(upstream: UpstreamConnection) -> None:
@@ -534,8 +552,7 @@ class Forwarder(protocol.Protocol):
             exchange.upstream.abort()
 
         if not exchange.keep_alive or self._draining or (self._client_eof and not self._pending):
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
             return
 
         if self._reader.paused:
@@ -607,11 +624,30 @@ class Forwarder(protocol.Protocol):
         self._answer_and_close(rejection.status, rejection.reason)
 
     def _answer_and_close(self, status: int, reason: str) -> None:
-        self._closing = True
         self._pending.clear()
         self._cancel_timer()
         self.transport.write(simple_response(status, reason))
+        self._close()
+
+    def _close(self) -> None:
+        """Close once queued writes are sent, and abort if that takes longer than the idle timeout.
+
+        A TLS close waits for the peer's close_notify, and a peer that never
+        sends it (or never reads) would hold the connection open for good.
+        """
+        self._closing = True
         self.transport.loseConnection()
+        if self._gate is not None:
+            # A paused transport would never notice the peer closing.
+            self._gate.release()
+        if self._close_call is None and not self._lost:
+            self._close_call = self._reactor.callLater(self._timeouts.idle, self._abort_unclosed)
+
+    def _abort_unclosed(self) -> None:
+        self._close_call = None
+        if not self._lost:
+            self.log.debug("{direction}: {peer} did not finish closing; aborting", direction=self.direction, peer=self.peer)
+            self.transport.abortConnection()
 
     # Timers.
 
@@ -632,8 +668,7 @@ class Forwarder(protocol.Protocol):
             self.log.info("{direction}: request head from {peer} timed out", direction=self.direction, peer=self.peer)
             self._answer_and_close(408, "request head not received in time")
             return
-        self._closing = True
-        self.transport.loseConnection()
+        self._close()
 
     def _response_timed_out(self, exchange: Exchange) -> None:
         if self._exchange is not exchange:

@@ -11,7 +11,7 @@ import datetime
 from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -194,7 +194,7 @@ class InboundFactory(protocol.Factory):
         return connection
 
 
-class _CountingTLSProtocol(TLSMemoryBIOProtocol):
+class _CountingTLSProtocol(BufferingTLSTransport):
     """TLS that counts the bytes received, so probes can be told from failed handshakes."""
 
     bytes_received = 0

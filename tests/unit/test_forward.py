@@ -205,3 +205,11 @@ def test_upgrade_relays_bytes_after_101():
     forwarder.dataReceived(b"from-client")
     assert transport.value().endswith(b"\r\n\r\nfrom-server")
     assert upstream_sent(pool).endswith(b"\r\n\r\nfrom-client")
+
+
+def test_rejection_after_pipelined_request_resumes_reading():
+    forwarder, transport, pool, _ = make_forwarder()
+    forwarder.dataReceived(b"GET /1 HTTP/1.1\r\nHost: l\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+    pool.connections[0].dataReceived(OK)
+    assert b"HTTP/1.1 400" in transport.value()
+    assert transport.producerState == "producing"
