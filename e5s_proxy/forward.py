@@ -636,10 +636,10 @@ class Forwarder(protocol.Protocol):
         sends it (or never reads) would hold the connection open for good.
         """
         self._closing = True
-        self.transport.loseConnection()
         if self._gate is not None:
             # A paused transport would never notice the peer closing.
             self._gate.release()
+        self.transport.loseConnection()
         if self._close_call is None and not self._lost:
             self._close_call = self._reactor.callLater(self._timeouts.idle, self._abort_unclosed)
 
