@@ -22,7 +22,14 @@ from e5s_proxy import singlethread
 from e5s_proxy.logs import logger, set_debug
 from twisted.python.failure import Failure
 
-from e5s_proxy.config import OUTBOUND_EXPOSED_WARNING, Address, Config, is_loopback_host
+from e5s_proxy.config import (
+    OUTBOUND_EXPOSED_WARNING,
+    Address,
+    ClientConfig,
+    Config,
+    ServerConfig,
+    is_loopback_host,
+)
 from e5s_proxy.forward import ListenerSettings, Timeouts
 from e5s_proxy.identity import IdentitySnapshot, NoIdentityError, WorkloadApiSource
 from e5s_proxy.metrics import Metrics
@@ -198,19 +205,12 @@ class ProxyService(service.Service):
             idle_timeout=server.idle_timeout,
         )
         self._pools.append(pool)
-        settings = ListenerSettings(
-            direction="inbound",
-            timeouts=Timeouts(
-                request_head=server.request_head_timeout,
-                idle=server.idle_timeout,
-                response=server.app_response_timeout,
-            ),
-            metrics=self.metrics,
-            max_head_size=server.max_head_size,
-            max_header_count=server.max_header_count,
-            access_log=server.access_log,
+        timeouts = Timeouts(
+            request_head=server.request_head_timeout,
+            idle=server.idle_timeout,
+            response=server.app_response_timeout,
         )
-        self._listeners.append(settings)
+        settings = self._listener_settings("inbound", timeouts, server)
         factory = InboundFactory(self._reactor, pool, settings, self._inbound_creator, server.peer_header)
         self.inbound_port = self._listen("server.listen_addr", server.listen, inbound_tls_factory(factory, self._inbound_creator))
         self.log.info(
@@ -224,19 +224,14 @@ class ProxyService(service.Service):
         self._upstream_tls = UpstreamTLS(client, snapshot)
         pool = server_pool(self._reactor, client, self._upstream_tls)
         self._pools.append(pool)
-        settings = ListenerSettings(
-            direction="outbound",
-            timeouts=Timeouts(
-                request_head=client.idle_timeout,
-                idle=client.idle_timeout,
-                response=client.response_timeout,
-            ),
-            metrics=self.metrics,
-            max_head_size=client.max_head_size,
-            max_header_count=client.max_header_count,
-            access_log=client.access_log,
+        # The local app is the only client here, so a slow request head
+        # gets the idle timeout rather than a key of its own.
+        timeouts = Timeouts(
+            request_head=client.idle_timeout,
+            idle=client.idle_timeout,
+            response=client.response_timeout,
         )
-        self._listeners.append(settings)
+        settings = self._listener_settings("outbound", timeouts, client)
         factory = OutboundFactory(self._reactor, pool, settings, client)
         self.outbound_port = self._listen("client.listen_addr", client.listen, factory)
         self.log.info(
@@ -245,6 +240,20 @@ class ProxyService(service.Service):
             server=client.server_authority,
             expected=self._upstream_tls.expected,
         )
+
+    def _listener_settings(
+        self, direction: str, timeouts: Timeouts, section: ServerConfig | ClientConfig
+    ) -> ListenerSettings:
+        settings = ListenerSettings(
+            direction=direction,
+            timeouts=timeouts,
+            metrics=self.metrics,
+            max_head_size=section.max_head_size,
+            max_header_count=section.max_header_count,
+            access_log=section.access_log,
+        )
+        self._listeners.append(settings)
+        return settings
 
     def _open_admin(self) -> None:
         from e5s_proxy.admin import admin_site
