@@ -52,7 +52,7 @@ class Timeouts:
 
 @dataclass
 class ListenerSettings:
-    """What every connection of one listener shares."""
+    """Settings shared by every connection of one listener."""
 
     direction: str  # "inbound" or "outbound", for logs and metrics
     timeouts: Timeouts

@@ -38,7 +38,7 @@ REUSE_MARGIN = 2.0
 
 
 class ResponseListener(TypingProtocol):
-    """What the forwarder implements to receive one response."""
+    """The interface through which an upstream connection delivers one response."""
 
     def response_event(self, event: object) -> None: ...
 

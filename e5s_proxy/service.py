@@ -343,7 +343,7 @@ class ProxyService(service.Service):
                 )
 
     def is_ready(self) -> bool:
-        """Whether the listeners are open and the SVID has not expired."""
+        """Return whether the listeners are open and the SVID has not expired."""
         return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
