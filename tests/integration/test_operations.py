@@ -263,3 +263,18 @@ def test_svid_expiry_while_agent_away_fails_readyz_then_recovers(lab, app_port, 
     assert "sent no new one" in proxy.log_text()
     assert recovered
     assert reply.startswith(b"HTTP/1.1 200")
+
+
+def test_json_log_format_writes_one_object_per_line(lab, app_port, workdir):
+    import json
+
+    port = free_port()
+    proxy = ProxyProcess(
+        workdir, "inbound-json-logs", inbound_config(lab.node_b.socket_path, port, app_port),
+        extra_args=("--log-format", "json"),
+    )
+    with proxy.start((port,)):
+        lines = [line for line in proxy.log_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]
+    listening = [event for event in events if event.get("log_format", "").startswith("Inbound listening")]
+    assert listening[0]["target"] == f"127.0.0.1:{app_port}"
