@@ -51,13 +51,26 @@ class Metrics:
             "e5s_svid_expiry_timestamp_seconds", "Expiry of the current X.509-SVID (Unix time).", registry=registry
         )
         self.ready = Gauge("e5s_ready", "1 when the listeners are open and the SVID is valid.", registry=registry)
+        self._request_children: dict[tuple[str, int], tuple[Counter, Counter, Counter]] = {}
 
     def watch_readiness(self, is_ready: Callable[[], bool]) -> None:
         self.ready.set_function(lambda: 1.0 if is_ready() else 0.0)
 
     def request_done(self, direction: str, status: int, request_bytes: int, response_bytes: int) -> None:
-        self.requests.labels(direction, str(status)).inc()
+        # labels() costs a lock and a dict lookup per call; on the request
+        # path the children are looked up once and kept.
+        key = (direction, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(direction, str(status)),
+                self.bytes.labels(direction, "request"),
+                self.bytes.labels(direction, "response"),
+            )
+            self._request_children[key] = children
+        requests, request_body, response_body = children
+        requests.inc()
         if request_bytes:
-            self.bytes.labels(direction, "request").inc(request_bytes)
+            request_body.inc(request_bytes)
         if response_bytes:
-            self.bytes.labels(direction, "response").inc(response_bytes)
+            response_body.inc(response_bytes)
