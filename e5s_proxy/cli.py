@@ -20,13 +20,20 @@ def command_run(arguments: argparse.Namespace) -> int:
         print(f"e5s-proxy: invalid configuration:\n{error}", file=sys.stderr)
         return 1
 
-    from twisted.internet import reactor
-
     from e5s_proxy.logs import debug_from_environment, start_logging
-    from e5s_proxy.service import ProxyService, stop_reactor_with
 
     start_logging(debug=arguments.debug or debug_from_environment(), log_format=arguments.log_format)
-    proxy = ProxyService(config, reactor)
+    if config.workers > 1 and arguments.worker is None:
+        from e5s_proxy.workers import Supervisor
+
+        passed_on = ["--log-format", arguments.log_format] + (["--debug"] if arguments.debug else [])
+        return Supervisor(config, arguments.config, passed_on).run()
+
+    from twisted.internet import reactor
+
+    from e5s_proxy.service import ProxyService, stop_reactor_with
+
+    proxy = ProxyService(config, reactor, worker_index=arguments.worker)
     proxy._on_fatal = stop_reactor_with(reactor, proxy)
     reactor.callWhenRunning(proxy.startService)
     reactor.addSystemEventTrigger("before", "shutdown", proxy.stopService)
@@ -110,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, metavar="FILE", help="path of the YAML config file")
     run.add_argument("--debug", action="store_true", help="verbose logs (also E5S_DEBUG=1)")
     run.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format (default: text)")
+    # Set by the supervisor of `workers: N` for each process it starts.
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.set_defaults(handler=command_run)
 
     validate = commands.add_parser("validate", help="check a config file without connecting anywhere")

@@ -93,6 +93,12 @@ OUTBOUND_EXPOSED_WARNING = (
 # round trip, so they can only be typos (such as "1ns" for "1s").
 MIN_DURATION = 0.001
 
+# One process runs one reactor thread, so it uses one core at most; more
+# workers share the listen ports with SO_REUSEPORT. The cap only catches
+# typos: a sidecar rarely gets more cores than this.
+DEFAULT_WORKERS = 1
+MAX_WORKERS = 64
+
 # A head limit below this could not hold an ordinary request line and Host.
 _MIN_HEAD_SIZE = 1024
 
@@ -116,7 +122,7 @@ _RESERVED_HEADERS = frozenset(
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 _HOSTNAME_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
 
-_TOP_LEVEL_KEYS = ("version", "spire", "server", "client", "admin", "drain_timeout")
+_TOP_LEVEL_KEYS = ("version", "spire", "server", "client", "admin", "drain_timeout", "workers")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "spire": ("workload_socket", "initial_fetch_timeout", "svid_spiffe_id"),
     "server": (
@@ -267,6 +273,7 @@ class Config:
     admin: AdminConfig | None
     source: str
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # seconds to let in-flight requests finish on SIGTERM
+    workers: int = DEFAULT_WORKERS  # processes sharing the listen ports (e5s-proxy run only)
 
 
 # ---------------------------------------------------------------------------
@@ -477,6 +484,12 @@ def parse_config(
     _check_keys(data, "", _TOP_LEVEL_KEYS, errors)
     _check_version(data, errors)
     drain_timeout = _duration(data, "", "drain_timeout", DEFAULT_DRAIN_TIMEOUT, errors)
+    workers = data.get("workers", DEFAULT_WORKERS)
+    if type(workers) is not int or not 1 <= workers <= MAX_WORKERS:
+        errors.append(
+            f"workers: invalid value {workers!r}; use a whole number from 1 to {MAX_WORKERS}, "
+            "usually the number of cores the proxy may use"
+        )
 
     spire = None
     spire_section = _section(data, "spire", errors, optional=True)
@@ -505,12 +518,25 @@ def parse_config(
             "requests to a server over mTLS, or both"
         )
     _check_listener_conflicts(server, client, admin, errors)
+    if type(workers) is int and workers > 1:
+        for key, section in (("server.listen_addr", server), ("client.listen_addr", client)):
+            if section is not None and section.listen.port == 0:
+                errors.append(
+                    f"{key}: port 0 cannot be shared by {workers} workers, since each would get its "
+                    "own port; set a port, or workers: 1"
+                )
 
     if errors:
         raise ConfigError(errors, source)
     assert spire is not None and drain_timeout is not None
     return Config(
-        spire=spire, server=server, client=client, admin=admin, source=source, drain_timeout=drain_timeout
+        spire=spire,
+        server=server,
+        client=client,
+        admin=admin,
+        source=source,
+        drain_timeout=drain_timeout,
+        workers=workers,
     )
 
 
@@ -1198,6 +1224,7 @@ def summarize(config: Config) -> str:
         f"  initial fetch timeout: {format_duration(spire.initial_fetch_timeout)}",
         f"  SVID used:             {spire.svid_spiffe_id or 'the first one the agent returns'}",
         f"Drain on SIGTERM:        up to {format_duration(config.drain_timeout)}",
+        f"Worker processes:        {config.workers}",
     ]
 
     server = config.server

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
@@ -39,6 +40,9 @@ from e5s_proxy.svid import build_authorizer
 from e5s_proxy.tlsctx import ServerConnectionCreator
 
 
+# Twisted's own default backlog for listenTCP.
+LISTEN_BACKLOG = 50
+
 # How often the drain checks whether every connection has closed; a tenth
 # of a second adds little to shutdown and costs nothing measurable.
 DRAIN_POLL_INTERVAL = 0.1
@@ -61,10 +65,15 @@ class ProxyService(service.Service):
         *,
         on_fatal: Callable[[int], None] | None = None,
         identity: WorkloadApiSource | None = None,
+        worker_index: int | None = None,
     ) -> None:
         self.config = config
         self._reactor = reactor
         self._on_fatal = on_fatal
+        # With several workers every one listens on the same ports with
+        # SO_REUSEPORT, and only the first opens the admin listener.
+        self._worker_index = worker_index
+        self._reuse_port = worker_index is not None
         self.identity = identity or WorkloadApiSource(
             reactor,
             config.spire.workload_socket,
@@ -188,7 +197,7 @@ class ProxyService(service.Service):
             self._open_outbound(snapshot)
             if not is_loopback_host(self.config.client.listen.host):
                 self.log.warn("{warning}", warning=OUTBOUND_EXPOSED_WARNING)
-        if self.config.admin is not None:
+        if self.config.admin is not None and self._worker_index in (None, 0):
             self._open_admin()
         self._record_identity(snapshot)
         self.identity.subscribe(self._rotate)
@@ -263,12 +272,33 @@ class ProxyService(service.Service):
 
     def _listen(self, key: str, address: Address, factory: object) -> IListeningPort:
         try:
+            if self._reuse_port and key != "admin.listen_addr":
+                return self._listen_shared(address, factory)
             return self._reactor.listenTCP(address.port, factory, interface=address.host)
         except CannotListenError as error:
-            raise StartError(
-                f"{key}: cannot listen on {describe_address(address)}: {error.socketError}; "
-                "choose another port, or stop the process that uses it"
-            ) from None
+            reason = error.socketError
+        except OSError as error:
+            reason = error
+        raise StartError(
+            f"{key}: cannot listen on {describe_address(address)}: {reason}; "
+            "choose another port, or stop the process that uses it"
+        )
+
+    def _listen_shared(self, address: Address, factory: object) -> IListeningPort:
+        """Listen with SO_REUSEPORT, so that the kernel spreads connections over the workers."""
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        host = address.host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind((host, address.port))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+            # adoptStreamPort duplicates the descriptor, so this copy is closed.
+            return self._reactor.adoptStreamPort(listener.fileno(), family, factory)
+        finally:
+            listener.close()
 
     @staticmethod
     def _bound(port: IListeningPort) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from twisted.python import usage
 
 from e5s_proxy.config import ConfigError, load_config
@@ -29,4 +31,11 @@ def makeService(options: Options):
         raise SystemExit(f"e5s-proxy: invalid configuration:\n{error}") from None
 
     set_debug(options["debug"] or debug_from_environment())
+    if config.workers > 1:
+        # TODO: run workers under twistd too; its single process has no supervisor.
+        print(
+            f"e5s-proxy: workers: {config.workers} is honoured by `e5s-proxy run` only; "
+            "twistd runs one process",
+            file=sys.stderr,
+        )
     return ProxyService(config, reactor, on_fatal=exit_after_shutdown(reactor))

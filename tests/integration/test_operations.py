@@ -278,3 +278,55 @@ def test_json_log_format_writes_one_object_per_line(lab, app_port, workdir):
     events = [json.loads(line) for line in lines]
     listening = [event for event in events if event.get("log_format", "").startswith("Inbound listening")]
     assert listening[0]["target"] == f"127.0.0.1:{app_port}"
+
+
+def test_workers_share_the_inbound_port(lab, app_port, workdir, svid_files):
+    port = free_port()
+    config = inbound_config(lab.node_b.socket_path, port, app_port)
+    config["workers"] = 2
+    proxy = ProxyProcess(workdir, "inbound-workers", config)
+    proxy.start((port,))
+    svid = svid_files(lab.node_a)
+    try:
+        assert wait_until(lambda: proxy.log_text().count("Inbound listening on") == 2, 30)
+        replies = [
+            raw_exchange(port, svid, b"GET /worker HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            for _ in range(20)
+        ]
+    finally:
+        exit_code = proxy.stop()
+    log = proxy.log_text()
+    assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)
+    assert "Started worker 1" in log
+    assert exit_code == 0
+    assert "All workers stopped" in log
+
+
+def test_workers_without_agent_exit_nonzero(workdir):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config_path = workdir / "workers-no-agent.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "spire": {"workload_socket": str(workdir / "missing-agent.sock"), "initial_fetch_timeout": "2s"},
+                "server": {
+                    "listen_addr": f"127.0.0.1:{free_port()}",
+                    "target": "127.0.0.1:9",
+                    "allowed_client_trust_domain": "example.org",
+                },
+                "workers": 2,
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "e5s_proxy.cli", "run", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "failed to start" in result.stderr

@@ -1244,3 +1244,20 @@ client:
   expected_server_trust_domain: example.org
 """
     assert "WARNING: client.listen_addr is not on loopback" in summarize(parse_config(text))
+
+
+def test_workers_default_one():
+    assert parse_config(MINIMAL_SERVER).workers == 1
+
+
+def test_workers_zero_rejected():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL_SERVER + "workers: 0\n")
+    assert caught.value.errors[0].startswith("workers: invalid value 0")
+
+
+def test_workers_with_port_zero_rejected():
+    text = MINIMAL_SERVER.replace('listen_addr: ":8443"', 'listen_addr: "127.0.0.1:0"') + "workers: 2\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert "port 0 cannot be shared by 2 workers" in caught.value.errors[0]
