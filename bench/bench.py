@@ -228,7 +228,8 @@ def profile_e5s(system: System, out_dir: Path) -> str:
         "wrk", "-t2", f"-c{scenario.connections}", f"-d{PROFILE_SECONDS + 5:g}s",
         f"http://127.0.0.1:{system.client_port}{scenario.path}",
     ]
-    pids = {"outbound": system.client_pids()[0], "inbound": system.server_pids()[0]}
+    # With workers the first PID is the supervisor, which serves nothing; profile a worker.
+    pids = {"outbound": system.client_pids()[-1], "inbound": system.server_pids()[-1]}
     log(f"profiling e5s-proxy {pids} for {PROFILE_SECONDS} s into {out_dir}")
     paths = profile.record(pids, PROFILE_SECONDS, out_dir, load_command)
     return profile.render(paths, PROFILE_SECONDS)
@@ -341,7 +342,7 @@ def start_systems(stack: ExitStack, arguments, workdir: Path, lab: SpireLab, bac
         stack.callback(system.stop)
         started.append(system)
 
-    keep(systems.start_e5s(workdir, client_socket, server_socket, backend_port))
+    keep(systems.start_e5s(workdir, client_socket, server_socket, backend_port, arguments.e5s_workers))
     if arguments.ghostunnel:
         keep(systems.start_ghostunnel(workdir, Path(arguments.ghostunnel), client_socket, server_socket, backend_port))
     keep(systems.start_nginx_proxies(workdir, client_svid, server_svid, backend_port))
@@ -440,6 +441,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="length of each run in seconds (default 10, --quick 5)")
     parser.add_argument("--ghostunnel", help="path of the ghostunnel binary; without it ghostunnel is skipped")
     parser.add_argument("--skip-idle", action="store_true", help="skip the 10,000 idle connections test")
+    parser.add_argument("--e5s-workers", type=int, default=1, help="the workers key of both e5s-proxy configs (default 1)")
     parser.add_argument(
         "--profile",
         metavar="DIR",

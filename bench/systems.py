@@ -184,25 +184,32 @@ def start_direct(backend_port: int) -> System:
     return System("direct", backend_port, None)
 
 
-def start_e5s(workdir: Path, client_socket: Path, server_socket: Path, backend_port: int) -> System:
+def with_children(pid: int) -> list[int]:
+    """Return ``pid`` and its child processes (the workers under an e5s-proxy supervisor)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
+def start_e5s(
+    workdir: Path, client_socket: Path, server_socket: Path, backend_port: int, workers: int = 1
+) -> System:
     inbound_port, outbound_port = free_port(), free_port()
-    inbound = ProxyProcess(
-        workdir,
-        "e5s-inbound",
-        inbound_config(server_socket, inbound_port, backend_port, allowed_client_spiffe_id=CLIENT_ID),
-    )
-    outbound = ProxyProcess(
-        workdir,
-        "e5s-outbound",
-        outbound_config(client_socket, outbound_port, inbound_port, expected_server_spiffe_id=SERVER_ID),
-    )
+    inbound_settings = inbound_config(server_socket, inbound_port, backend_port, allowed_client_spiffe_id=CLIENT_ID)
+    outbound_settings = outbound_config(client_socket, outbound_port, inbound_port, expected_server_spiffe_id=SERVER_ID)
+    for settings in (inbound_settings, outbound_settings):
+        settings["workers"] = workers
+    inbound = ProxyProcess(workdir, "e5s-inbound", inbound_settings)
+    outbound = ProxyProcess(workdir, "e5s-outbound", outbound_settings)
     system = System("e5s-proxy", outbound_port, inbound_port)
     inbound.start((inbound_port,))
     system.stoppers.append(inbound.stop)
     outbound.start((outbound_port,))
     system.stoppers.append(outbound.stop)
-    system.client_pids = lambda: [outbound.process.pid]
-    system.server_pids = lambda: [inbound.process.pid]
+    system.client_pids = lambda: with_children(outbound.process.pid)
+    system.server_pids = lambda: with_children(inbound.process.pid)
     return system
 
 
