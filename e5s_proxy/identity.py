@@ -125,7 +125,6 @@ class WorkloadApiSource:
         self._subscribers: list[Callable[[IdentitySnapshot], None]] = []
 
         self.current: IdentitySnapshot | None = None
-        self.updates = 0
 
     @property
     def socket_path(self) -> str:
@@ -165,7 +164,6 @@ class WorkloadApiSource:
     def _deliver(self, snapshot: IdentitySnapshot) -> None:
         previous = self.current
         self.current = snapshot
-        self.updates += 1
         if previous is None or previous.chain != snapshot.chain or previous.bundles != snapshot.bundles:
             self.log.info(
                 "New X.509 identity {spiffe_id}, expires {expires_at}, bundles for {trust_domains}",

@@ -244,12 +244,6 @@ class ConnectionPool:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._idle: deque[UpstreamConnection] = deque()
-        self.opened = 0
-        self.reused = 0
-
-    @property
-    def idle_count(self) -> int:
-        return len(self._idle)
 
     def acquire(self) -> defer.Deferred[UpstreamConnection]:
         """Return an idle connection, or open a new one."""
@@ -262,7 +256,6 @@ class ConnectionPool:
             if connection.expired(now):
                 connection.abort()
                 continue
-            self.reused += 1
             connection.reused = True
             return defer.succeed(connection)
 
@@ -275,7 +268,6 @@ class ConnectionPool:
             return connection.ready
 
         def usable(connection: UpstreamConnection) -> UpstreamConnection:
-            self.opened += 1
             connection.pool = self
             return connection
 

@@ -94,7 +94,6 @@ class ProxyService(service.Service):
         self._pools = []
         self._listeners: list[ListenerSettings] = []
         self._expiry_call = None
-        self.rotations = 0
 
     def startService(self) -> None:
         super().startService()
@@ -324,7 +323,6 @@ class ProxyService(service.Service):
             self._inbound_creator.update(snapshot)
         if self._upstream_tls is not None:
             self._upstream_tls.update(snapshot)
-        self.rotations += 1
         self._record_identity(snapshot)
         self.log.debug("TLS contexts rebuilt for {spiffe_id}", spiffe_id=str(snapshot.spiffe_id))
 

@@ -555,6 +555,13 @@ class _Reader:
         self._error = error
         raise error
 
+    def take_remaining(self) -> bytes:
+        """End HTTP parsing after a switch of protocols; return the bytes not parsed."""
+        remaining = bytes(self._buf)
+        self._buf.clear()
+        self._closed = True
+        return remaining
+
     def _read_body(self, events: list) -> bool:
         """Read the current body into ``events``; return True once it ended."""
         assert self._body is not None
@@ -595,7 +602,6 @@ class RequestReader(_Reader):
         )
         self._upgrade_requested = False
         self.paused = False
-        self._detached = False
 
     def feed(self, data: bytes) -> list[RequestHead | Data | EndOfMessage]:
         """Add received bytes and return the events they complete."""
@@ -610,14 +616,6 @@ class RequestReader(_Reader):
         self._check_alive()
         self.paused = False
         return self._parse_buffered()
-
-    def take_remaining(self) -> bytes:
-        """End HTTP parsing after a switch of protocols; return the bytes not parsed."""
-        remaining = bytes(self._buf)
-        self._buf.clear()
-        self._detached = True
-        self._closed = True
-        return remaining
 
     @property
     def error(self) -> HttpError | None:
@@ -777,8 +775,8 @@ class ResponseReader(_Reader):
                 max_header_count=max_header_count,
             )
         )
-        self._methods: collections.deque[bytes] = collections.deque()
-        self._upgrades: collections.deque[bool] = collections.deque()
+        # (method, upgrade requested) of each request still waiting for its response.
+        self._requests: collections.deque[tuple[bytes, bool]] = collections.deque()
         self.switched = False
 
     def expect(self, request_method: bytes, *, upgrade: bool = False) -> None:
@@ -787,15 +785,8 @@ class ResponseReader(_Reader):
         ``upgrade`` says the request asked for a protocol switch, so a 101
         answer is allowed; any other 101 is a bad response.
         """
-        self._methods.append(request_method)
-        self._upgrades.append(upgrade)
+        self._requests.append((request_method, upgrade))
 
-    def take_remaining(self) -> bytes:
-        """End HTTP parsing after a 101; return the bytes that followed its head."""
-        remaining = bytes(self._buf)
-        self._buf.clear()
-        self._closed = True
-        return remaining
 
     def feed(self, data: bytes) -> list[ResponseHead | Data | EndOfMessage]:
         """Add received bytes and return the events they complete."""
@@ -838,29 +829,27 @@ class ResponseReader(_Reader):
             if not self._buf:
                 return
 
-            if not self._methods:
+            if not self._requests:
                 raise HttpError(502, "unexpected data from the server before a request")
 
             head = self._heads.take_head(self._buf)
             if head is None:
                 return
 
-            response = self._parse_head(head, self._methods[0], self._upgrades[0])
+            response = self._parse_head(head, *self._requests[0])
             events.append(response)
 
             if response.status == 101:
                 # The connection now carries another protocol: what follows
                 # is for take_remaining, not for this parser.
-                self._methods.popleft()
-                self._upgrades.popleft()
+                self._requests.popleft()
                 self.switched = True
                 events.append(EndOfMessage())
                 return
 
             # An interim response leaves the request waiting for its final one.
             if response.status >= 200:
-                self._methods.popleft()
-                self._upgrades.popleft()
+                self._requests.popleft()
 
             if response.framing is Framing.NONE or response.content_length == 0:
                 events.append(EndOfMessage())
