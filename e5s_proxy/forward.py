@@ -109,7 +109,7 @@ class ReadGate:
 
 @dataclass
 class _Rejection:
-    """A parse error that must be answered after the exchange in progress ends."""
+    """A parse error whose 400 is sent once the exchange in progress ends."""
 
     status: int
     reason: str
@@ -214,7 +214,7 @@ class Forwarder(protocol.Protocol):
                 exchange.upstream.abort()
 
     def readConnectionLost(self) -> None:
-        """The client half-closed (plaintext only): finish what it sent, then close."""
+        """Finish the requests of a client that half-closed (plaintext only), then close."""
         if self._tunnel is not None:
             self._end_tunnel_write(self._tunnel)
             return
@@ -252,8 +252,8 @@ class Forwarder(protocol.Protocol):
             events = []
             self._pending.append(_Rejection(error.status, error.reason))
         if events and self._reader.error is not None:
-            # Whole requests before the bad bytes are answered first, then
-            # the rejection closes the connection. The request the error cut
+            # Whole requests before the bad bytes get their responses first,
+            # then the rejection closes the connection. The request the error cut
             # short is dropped, so none of it reaches the upstream.
             complete = len(events)
             while complete and not isinstance(events[complete - 1], EndOfMessage):
@@ -297,7 +297,7 @@ class Forwarder(protocol.Protocol):
                 self._gate.resume("request queued")
             if self._reader.paused:
                 # Bytes after an upgrade request wait, unparsed, for the
-                # server's answer; stop reading so they cannot pile up.
+                # server's response. Reading stops so they cannot pile up.
                 self._gate.pause("upgrade pending")
 
     def _start_exchange(self, head: RequestHead) -> None:
@@ -458,7 +458,7 @@ class Forwarder(protocol.Protocol):
         self.transport.write(data)
 
     def tunnel_closed(self) -> None:
-        """The upstream side of the tunnel ended; close this side once its writes are sent."""
+        """Close this side once its writes are sent, because the upstream side of the tunnel ended."""
         if self._tunnel is not None:
             self._unregister_tunnel(self._tunnel)
         if not self._closing:
@@ -502,9 +502,9 @@ class Forwarder(protocol.Protocol):
     def _can_retry(self, exchange: Exchange, status: int) -> bool:
         """Whether a failed exchange may be sent again on a new connection.
 
-        Only a request without a body, sent on a pooled connection that the
-        server closed before answering a single byte: the server closing an
-        idle keep-alive connection races with the next request, and such a
+        Only a request without a body qualifies, sent on a pooled connection
+        that the server closed before sending a single byte. A server closing
+        an idle keep-alive connection races with the next request, and such a
         request can be replayed from its head alone.
         """
         upstream = exchange.upstream

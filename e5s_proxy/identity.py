@@ -27,7 +27,7 @@ from e5s_proxy.spiffeid import SpiffeId, parse_spiffe_id
 from e5s_proxy.svid import Bundles
 
 # Reconnect backoff: the first retry comes quickly because a restarting agent
-# is usually back within a second; the cap keeps a long outage from growing
+# is usually back within a second. The cap keeps a long outage from growing
 # the delay past what an operator would wait for after fixing the agent.
 BACKOFF_INITIAL = 0.1
 BACKOFF_FACTOR = 2.0

@@ -1,7 +1,7 @@
 """Inbound listener: SPIFFE mTLS from clients, plaintext HTTP/1.1 to the local app.
 
-The client's certificate is checked during the handshake (see `tlsctx`);
-a connection that completes it carries a verified SPIFFE ID, which replaces
+The client's certificate is checked during the handshake (see `tlsctx`).
+A connection that completes it carries a verified SPIFFE ID, which replaces
 every client-supplied copy of the peer header on each request it sends.
 """
 
@@ -195,7 +195,7 @@ class InboundFactory(protocol.Factory):
 
 
 class _CountingTLSProtocol(BufferingTLSTransport):
-    """TLS that counts the bytes received, so probes can be told from failed handshakes."""
+    """TLS that counts the bytes received, to tell port probes apart from failed handshakes."""
 
     bytes_received = 0
 

@@ -37,7 +37,7 @@ def logger(namespace: str | None = None) -> Logger:
 
 
 def debug_from_environment() -> bool:
-    """Whether E5S_DEBUG asks for debug logs (any value but empty, 0 or false)."""
+    """Return whether E5S_DEBUG requests debug logs (any value but empty, 0 or false)."""
     return os.environ.get("E5S_DEBUG", "") not in ("", "0", "false")
 
 

@@ -1,7 +1,7 @@
 """Outbound listener: plaintext HTTP/1.1 from the local app, SPIFFE mTLS to the server.
 
 Requests go over pooled keep-alive mTLS connections to ``client.server_url``.
-The server's SPIFFE ID is checked in place of a host name; when it does not
+The server's SPIFFE ID is checked in place of a host name. When it does not
 match, the local app gets a 502 whose body names the expected and the
 presented IDs.
 """
@@ -75,7 +75,7 @@ def server_pool(reactor: IReactorTime, config: ClientConfig, tls: UpstreamTLS) -
 def explain_server_failure(
     authority: str, expected: str, creator: ClientConnectionCreator, failure: Failure
 ) -> ConnectError:
-    """Turn a failed connect or handshake into the 502/504 the local app sees."""
+    """Turn a failed connect or handshake into the 502 or 504 sent to the local app."""
     verdict = creator.verdict
     if verdict.error is not None:
         presented = str(verdict.presented_id) if verdict.presented_id else "no valid SPIFFE ID"

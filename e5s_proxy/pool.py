@@ -118,7 +118,7 @@ class UpstreamConnection(protocol.Protocol):
 
         self.exchange_bytes += len(data)
         if self.listener is None:
-            # Bytes from an idle connection answer no request: the
+            # Bytes from an idle connection belong to no request, so the
             # connection cannot be trusted to frame the next response.
             self.log.warn("Upstream sent {count} bytes while idle; closing it", count=len(data))
             self.abort()
@@ -141,7 +141,7 @@ class UpstreamConnection(protocol.Protocol):
             listener.response_event(event)
 
     def readConnectionLost(self) -> None:
-        """The upstream half-closed: end a tunnel's direction, or treat it as a close."""
+        """End a tunnel's direction when the upstream half-closed, or treat it as a close."""
         if self.tunnel is not None:
             self.tunnel.tunnel_closed()
             return

@@ -3,10 +3,10 @@
 Twisted resolves host names with getaddrinfo on its thread pool. With
 ``E5S_DEBUG_SINGLE_THREAD=1`` the proxy installs `BlockingResolver`, which
 calls getaddrinfo on the reactor thread, so the pool is never started and a
-step debugger sees the reactor thread alone. The Workload API watcher (and
+step debugger finds only the reactor thread. The Workload API watcher (and
 the gRPC threads under it) still run beside it, since the Workload API
-stream is blocking. A slow DNS server blocks the whole reactor in this mode:
-it is for debugging, not for production.
+stream is blocking. A slow DNS server blocks the whole reactor in this mode,
+so it is for debugging, not for production.
 """
 
 from __future__ import annotations

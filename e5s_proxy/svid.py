@@ -1,9 +1,9 @@
 """X.509-SVID verification and authorizers.
 
-A peer's certificate chain is checked in a fixed order: parse the leaf's
-SPIFFE ID, apply the X.509-SVID leaf rules, pick the bundle of the leaf's own
-trust domain, verify the chain against that bundle alone, and only then ask
-the authorizer. Every failure raises `SvidError` whose message starts with
+A peer's certificate chain is checked in a fixed order. First the leaf's
+SPIFFE ID is parsed and the X.509-SVID leaf rules applied. Then the bundle
+of the leaf's own trust domain is picked and the chain verified against that
+bundle alone. Only then does the authorizer decide. Every failure raises `SvidError` whose message starts with
 what failed, so one log line or one 502 body can carry it. Time is a
 parameter, so expiry is testable without waiting.
 """

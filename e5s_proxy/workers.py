@@ -2,7 +2,7 @@
 
 Each worker is a whole proxy with its own reactor and Workload API watcher,
 listening with SO_REUSEPORT so that the kernel spreads new connections over
-them; only worker 0 opens the admin listener. The supervisor forwards
+them. Only worker 0 opens the admin listener. The supervisor forwards
 SIGTERM and SIGINT (a second one stops the workers at once, as in a single
 process), restarts a worker that dies, and exits 1 when a worker fails
 during start-up.

@@ -14,7 +14,7 @@ Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class Framing(enum.Enum):
-    """How the body of a message is delimited on the wire it arrived on."""
+    """The delimiting of a message body on the wire it arrived on."""
 
     NONE = "none"  # no body at all
     LENGTH = "length"  # Content-Length bytes follow

@@ -579,7 +579,7 @@ class _Reader:
 class RequestReader(_Reader):
     """Read the requests a client sends on one connection.
 
-    After a request that asks for an upgrade, the reader stops parsing:
+    After a request that requests an upgrade, the reader stops parsing:
     bytes that follow may belong to the new protocol. The caller then
     either calls `resume` (the server declined, so HTTP/1.1 goes on) or
     `take_remaining` (the server switched protocols).
@@ -626,8 +626,8 @@ class RequestReader(_Reader):
         """Parse what is buffered.
 
         When valid events come before an error in the same bytes, they are
-        returned and the error waits in `error` (the caller answers the valid
-        requests first); with no events before it, the error is raised.
+        returned and the error waits in `error`, so the caller can respond to
+        the valid requests first. With no events before it, the error is raised.
         """
         events: list[RequestHead | Data | EndOfMessage] = []
         try:
@@ -782,8 +782,8 @@ class ResponseReader(_Reader):
     def expect(self, request_method: bytes, *, upgrade: bool = False) -> None:
         """Announce a request sent on this connection, in sending order.
 
-        ``upgrade`` says the request asked for a protocol switch, so a 101
-        answer is allowed; any other 101 is a bad response.
+        ``upgrade`` means the request asked for a protocol switch, so a 101
+        response is allowed. Any other 101 is a bad response.
         """
         self._requests.append((request_method, upgrade))
 

@@ -241,7 +241,7 @@ def test_keep_alive_connection_closed_when_client_certificate_expires(inbound, l
 EXPIRY_ID = "spiffe://example.org/expiry"
 
 
-def test_svid_expiry_while_agent_away_fails_readyz_then_recovers(lab, app_port, start_proxy, svid_files):
+def test_svid_expiry_fails_readyz_until_agent_returns(lab, app_port, start_proxy, svid_files):
     agent = lab.add_agent("node-expiry")
     lab.register_workload(agent, EXPIRY_ID, x509_svid_ttl=30)
     lab.wait_for_svid(agent, EXPIRY_ID)

@@ -28,7 +28,7 @@ def test_verify_chain_accepts_valid_svid():
     assert verify_chain([cert], {"example.org": [EXAMPLE.cert]}, NOW) == SpiffeId("example.org", "/web")
 
 
-def test_verify_chain_uses_only_the_leaf_trust_domain_bundle():
+def test_verify_chain_uses_own_domain_bundle():
     # other.org's CA signs a leaf that claims example.org: the union of
     # bundles would accept it, the leaf's own trust domain bundle must not.
     forged, _ = make_svid(OTHER, ["spiffe://example.org/web"])
