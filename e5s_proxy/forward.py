@@ -39,6 +39,7 @@ from e5s_proxy.http import (
 )
 from e5s_proxy.metrics import Metrics
 from e5s_proxy.pool import ConnectError, ConnectionPool, UpstreamConnection
+from e5s_proxy.transport import disable_nagle, send
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class Forwarder(protocol.Protocol):
         self._lost = False
         self._client_eof = False
         self._draining = False
+        self._held_writes: list[bytes] | None = None
         self.peer_id = "-"  # the verified SPIFFE ID, for access logs (inbound only)
         self.peer = "?"
 
@@ -186,6 +188,7 @@ class Forwarder(protocol.Protocol):
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}".rstrip(":")
+        disable_nagle(self.transport)
         self._gate = ReadGate(self.transport)
         self._set_timer("idle", self._timeouts.idle)
         self._settings.connections.add(self)
@@ -311,6 +314,11 @@ class Forwarder(protocol.Protocol):
         exchange = self._exchange = Exchange(
             head=head, upstream_head=upstream_head, keep_alive=head.keep_alive, started=self._reactor.seconds()
         )
+        upstream = self._pool.take_idle()
+        if upstream is not None:
+            # The common case with keep-alive: no pause, no Deferred.
+            self._upstream_ready(exchange, upstream)
+            return
         self._gate.pause("connecting upstream")
         self._pool.acquire().addCallbacks(
             lambda upstream: self._upstream_ready(exchange, upstream),
@@ -360,6 +368,22 @@ class Forwarder(protocol.Protocol):
 
     # Responses, called by the upstream connection (ResponseListener).
 
+    def hold_writes(self) -> None:
+        """Gather writes to the client until `flush_writes`, to send a response head and body as one."""
+        if self._held_writes is None:
+            self._held_writes = []
+
+    def flush_writes(self) -> None:
+        held, self._held_writes = self._held_writes, None
+        if held:
+            send(self.transport, held[0] if len(held) == 1 else b"".join(held))
+
+    def _write(self, data: bytes) -> None:
+        if self._held_writes is not None:
+            self._held_writes.append(data)
+        else:
+            send(self.transport, data)
+
     def response_event(self, event: object) -> None:
         exchange = self._exchange
         if exchange is None:
@@ -370,7 +394,7 @@ class Forwarder(protocol.Protocol):
         elif isinstance(event, Data):
             if event.data:
                 exchange.response_bytes += len(event.data)
-                self.transport.write(encode_chunk(event.data) if exchange.chunk_response else event.data)
+                self._write(encode_chunk(event.data) if exchange.chunk_response else event.data)
         elif isinstance(event, EndOfMessage):
             if exchange.switching:
                 self._start_tunnel(exchange)
@@ -379,7 +403,7 @@ class Forwarder(protocol.Protocol):
                 exchange.interim = False
                 return
             if exchange.chunk_response:
-                self.transport.write(LAST_CHUNK)
+                self._write(LAST_CHUNK)
             exchange.response_done = True
             if not exchange.request_done:
                 # The server answered before the whole request arrived: the
@@ -399,7 +423,7 @@ class Forwarder(protocol.Protocol):
             exchange.switching = True
             exchange.response_started = True
             exchange.status = 101
-            self.transport.write(switch_head)
+            self._write(switch_head)
             return
 
         if 100 <= head.status < 200:
@@ -408,7 +432,7 @@ class Forwarder(protocol.Protocol):
                 interim_head, _, _ = response_head_for_client(
                     head, request_method=exchange.head.method, client_version=b"1.1", keep_alive=True
                 )
-                self.transport.write(interim_head)
+                self._write(interim_head)
             return
 
         self._cancel_exchange_timers(exchange)
@@ -426,7 +450,7 @@ class Forwarder(protocol.Protocol):
         exchange.chunk_response = chunk_body
         exchange.response_started = True
         exchange.status = head.status
-        self.transport.write(response_head)
+        self._write(response_head)
 
     # Tunnels after 101 Switching Protocols.
 
@@ -448,14 +472,14 @@ class Forwarder(protocol.Protocol):
         self._gate.resume("request queued")
         self._gate.resume("upgrade pending")
         if from_upstream:
-            self.transport.write(from_upstream)
+            self._write(from_upstream)
         if from_client:
             upstream.write(from_client)
         if self._client_eof:
             self._end_tunnel_write(upstream)
 
     def tunnel_data(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._write(data)
 
     def tunnel_closed(self) -> None:
         """Close this side once its writes are sent, because the upstream side of the tunnel ended."""
@@ -626,7 +650,7 @@ class Forwarder(protocol.Protocol):
     def _answer_and_close(self, status: int, reason: str) -> None:
         self._pending.clear()
         self._cancel_timer()
-        self.transport.write(simple_response(status, reason))
+        self._write(simple_response(status, reason))
         self._close()
 
     def _close(self) -> None:
@@ -636,6 +660,7 @@ class Forwarder(protocol.Protocol):
         sends it (or never reads) would hold the connection open for good.
         """
         self._closing = True
+        self.flush_writes()
         if self._gate is not None:
             # A paused transport would never notice the peer closing.
             self._gate.release()

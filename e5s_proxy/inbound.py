@@ -11,7 +11,7 @@ import datetime
 from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -20,6 +20,7 @@ from e5s_proxy.forward import Forwarder, ListenerSettings
 from e5s_proxy.logs import RepeatLimiter
 from e5s_proxy.http import RequestHead, request_head_for_app
 from e5s_proxy.pool import ConnectError, ConnectionPool, describe_connect_failure
+from e5s_proxy.transport import DirectTLSProtocol
 from e5s_proxy.tlsctx import ServerConnectionCreator, describe_tls_error
 
 
@@ -194,7 +195,7 @@ class InboundFactory(protocol.Factory):
         return connection
 
 
-class _CountingTLSProtocol(BufferingTLSTransport):
+class _CountingTLSProtocol(DirectTLSProtocol):
     """TLS that counts the bytes received, to tell port probes apart from failed handshakes."""
 
     bytes_received = 0

@@ -12,7 +12,7 @@ import ipaddress
 
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -22,6 +22,7 @@ from e5s_proxy.http import RequestHead, request_head_for_upstream
 from e5s_proxy.identity import IdentitySnapshot
 from e5s_proxy.pool import ConnectError, ConnectionPool
 from e5s_proxy.svid import build_authorizer, describe_expected
+from e5s_proxy.transport import TLSClientEndpoint
 from e5s_proxy.tlsctx import ClientConnectionCreator, build_client_context, describe_tls_error
 
 
@@ -59,7 +60,7 @@ def server_pool(reactor: IReactorTime, config: ClientConfig, tls: UpstreamTLS) -
     def endpoint_for_server():
         creator = tls.creator()
         tcp = HostnameEndpoint(reactor, config.server_host, config.server_port, timeout=config.connect_timeout)
-        endpoint = wrapClientTLS(creator, tcp)
+        endpoint = TLSClientEndpoint(creator, tcp)
         return endpoint, lambda failure: explain_server_failure(authority, tls.expected, creator, failure)
 
     return ConnectionPool(

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from e5s_proxy.http import EndOfMessage, HttpError, ResponseHead, ResponseReader
+from e5s_proxy.transport import disable_nagle, send
 
 
 # A pooled mTLS connection is not reused within this many seconds of its
@@ -41,6 +42,10 @@ class ResponseListener(TypingProtocol):
     """The interface through which an upstream connection delivers one response."""
 
     def response_event(self, event: object) -> None: ...
+
+    def hold_writes(self) -> None: ...
+
+    def flush_writes(self) -> None: ...
 
     def response_failed(self, reason: str, status: int) -> None: ...
 
@@ -75,6 +80,7 @@ class UpstreamConnection(protocol.Protocol):
         self.exchange_bytes = 0  # bytes received during the current exchange
 
     def connectionMade(self) -> None:
+        disable_nagle(self.transport)
         if not self.tls:
             self.ready.callback(self)
 
@@ -109,7 +115,7 @@ class UpstreamConnection(protocol.Protocol):
         return self.reader.take_remaining()
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        send(self.transport, data)
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -132,13 +138,21 @@ class UpstreamConnection(protocol.Protocol):
         self._dispatch(events)
 
     def _dispatch(self, events: list[object]) -> None:
-        for event in events:
-            listener = self.listener
-            if listener is None:
-                return
-            if isinstance(event, ResponseHead) and not event.keep_alive:
-                self.reusable = False
-            listener.response_event(event)
+        # The events of one read usually make one write to the client.
+        receiver = self.listener
+        if receiver is None or not events:
+            return
+        receiver.hold_writes()
+        try:
+            for event in events:
+                listener = self.listener
+                if listener is None:
+                    return
+                if isinstance(event, ResponseHead) and not event.keep_alive:
+                    self.reusable = False
+                listener.response_event(event)
+        finally:
+            receiver.flush_writes()
 
     def readConnectionLost(self) -> None:
         """End a tunnel's direction when the upstream half-closed, or treat it as a close."""
@@ -245,8 +259,8 @@ class ConnectionPool:
         self._idle_timeout = idle_timeout
         self._idle: deque[UpstreamConnection] = deque()
 
-    def acquire(self) -> defer.Deferred[UpstreamConnection]:
-        """Return an idle connection, or open a new one."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """Return the most recently used idle connection that can carry a request, if any."""
         now = time.time()
         while self._idle:
             connection = self._idle.pop()
@@ -257,6 +271,13 @@ class ConnectionPool:
                 connection.abort()
                 continue
             connection.reused = True
+            return connection
+        return None
+
+    def acquire(self) -> defer.Deferred[UpstreamConnection]:
+        """Return an idle connection, or open a new one."""
+        connection = self.take_idle()
+        if connection is not None:
             return defer.succeed(connection)
 
         endpoint, explain = self._endpoint_factory()

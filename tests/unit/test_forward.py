@@ -24,10 +24,16 @@ class FakePool:
         self.idle: list[UpstreamConnection] = []
         self.released: list[UpstreamConnection] = []
 
+    def take_idle(self) -> UpstreamConnection | None:
+        if not self.idle:
+            return None
+        connection = self.idle.pop()
+        connection.reused = True
+        return connection
+
     def acquire(self) -> defer.Deferred[UpstreamConnection]:
-        if self.idle:
-            connection = self.idle.pop()
-            connection.reused = True
+        connection = self.take_idle()
+        if connection is not None:
             return defer.succeed(connection)
         connection = UpstreamConnection(tls=False)
         connection.makeConnection(StringTransport())
