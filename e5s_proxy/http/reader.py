@@ -60,6 +60,21 @@ _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
 
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(;[\t\x20-\x7e]*)?")
 
+# A whole header section of valid field lines, each ended by CRLF: a token,
+# a colon, then a value of field-vchars with single spaces or tabs inside and
+# optional whitespace around. `_FIELD_LINE.findall` yields (name, value)
+# pairs with the value already stripped. Anything else takes the line-by-line
+# path, which names the fault.
+_FIELD_LINE_TEXT = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\x21-\x7e\x80-\xff]+(?:[\t ]+[\x21-\x7e\x80-\xff]+)*)?)[\t ]*\r\n"
+_FIELD_LINE = re.compile(_FIELD_LINE_TEXT)
+_FIELD_SECTION = re.compile(rb"(?:" + _FIELD_LINE_TEXT + rb")*")
+
+# Lower-cased names of the fields that framing, keep-alive, upgrades and
+# the Host check depend on.
+_FRAMING_FIELDS = frozenset(
+    (b"connection", b"content-length", b"expect", b"host", b"transfer-encoding", b"upgrade")
+)
+
 # A line feed not preceded by a carriage return.
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -159,6 +174,18 @@ class _HeadBuffer:
 
 def _split_head(head: bytes, limits: _Limits) -> tuple[bytes, Headers]:
     """Split a complete head into its start line and checked header fields."""
+    start_end = head.find(b"\r\n")
+    start_line = head[:start_end]
+    section = head[start_end + 2 : -2]
+    if b"\r" not in start_line and _FIELD_SECTION.fullmatch(section) is not None:
+        headers = tuple(_FIELD_LINE.findall(section))
+        if len(headers) <= limits.max_header_count:
+            return start_line, headers
+    return _split_head_by_line(head, limits)
+
+
+def _split_head_by_line(head: bytes, limits: _Limits) -> tuple[bytes, Headers]:
+    """Split a head line by line, raising the error that fits its first fault."""
     lines = head[:-4].split(b"\r\n")
     start_line = lines[0]
 
@@ -204,15 +231,20 @@ def _show(value: bytes) -> str:
     return repr(value[:80].decode("ascii", "backslashreplace"))
 
 
-def _values(headers: Headers, name: bytes) -> list[bytes]:
-    """Return the values of all fields called ``name`` (lower-case)."""
-    return [value for field_name, value in headers if field_name.lower() == name]
+def _framing_fields(headers: Headers) -> dict[bytes, list[bytes]]:
+    """Return the values of the `_FRAMING_FIELDS` in ``headers``, by lower-cased name."""
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        name = name.lower()
+        if name in _FRAMING_FIELDS:
+            found.setdefault(name, []).append(value)
+    return found
 
 
-def _tokens(headers: Headers, name: bytes) -> set[bytes]:
-    """Return the lower-cased comma-separated tokens of all ``name`` fields."""
+def _tokens(values: list[bytes]) -> set[bytes]:
+    """Return the lower-cased comma-separated tokens of field ``values``."""
     tokens = set()
-    for value in _values(headers, name):
+    for value in values:
         for item in value.split(b","):
             item = item.strip(b" \t").lower()
             if item:
@@ -220,9 +252,9 @@ def _tokens(headers: Headers, name: bytes) -> set[bytes]:
     return tokens
 
 
-def _keep_alive(version: bytes, headers: Headers) -> bool:
+def _keep_alive(version: bytes, fields: dict[bytes, list[bytes]]) -> bool:
     """Apply RFC 9112 section 9.3 to the Connection field."""
-    connection = _tokens(headers, b"connection")
+    connection = _tokens(fields.get(b"connection", ()))
     if b"close" in connection:
         return False
 
@@ -233,7 +265,7 @@ def _keep_alive(version: bytes, headers: Headers) -> bool:
 
 
 def _declared_framing(
-    version: bytes, headers: Headers, limits: _Limits
+    version: bytes, fields: dict[bytes, list[bytes]], limits: _Limits
 ) -> tuple[Framing | None, int | None]:
     """Read Content-Length and Transfer-Encoding (RFC 9112 section 6).
 
@@ -242,8 +274,8 @@ def _declared_framing(
     their values are equal, because that is the stricter reading and no
     correct sender needs it.
     """
-    lengths = _values(headers, b"content-length")
-    codings = _values(headers, b"transfer-encoding")
+    lengths = fields.get(b"content-length", ())
+    codings = fields.get(b"transfer-encoding", ())
 
     if lengths and codings:
         raise limits.bad("both Content-Length and Transfer-Encoding")
@@ -699,31 +731,32 @@ class RequestReader(_Reader):
         _check_target(method, target, limits)
         version = _parse_version(version_text, limits)
 
-        hosts = _values(headers, b"host")
+        fields = _framing_fields(headers)
+        hosts = fields.get(b"host", ())
         if len(hosts) > 1:
             raise limits.bad("more than one Host header")
         if version == b"1.1" and not hosts:
             raise limits.bad("missing Host header")
 
-        framing, length = _declared_framing(version, headers, limits)
+        framing, length = _declared_framing(version, fields, limits)
 
         seen = _check_with_llhttp(head, httptools.HttpRequestParser, headers, limits)
         if seen.target != target:
             raise limits.bad("request target parsed differently by llhttp")
 
         upgrade = None
-        upgrades = _values(headers, b"upgrade")
-        if upgrades and b"upgrade" in _tokens(headers, b"connection"):
+        upgrades = fields.get(b"upgrade")
+        if upgrades and b"upgrade" in _tokens(fields.get(b"connection", ())):
             upgrade = b", ".join(upgrades)
 
-        expect = [value.lower() for value in _values(headers, b"expect")]
+        expect = [value.lower() for value in fields.get(b"expect", ())]
 
         return RequestHead(
             method=method,
             target=target,
             version=version,
             headers=headers,
-            keep_alive=_keep_alive(version, headers),
+            keep_alive=_keep_alive(version, fields),
             framing=framing or Framing.NONE,
             content_length=length,
             expect_continue=b"100-continue" in expect,
@@ -883,10 +916,11 @@ class ResponseReader(_Reader):
         if _INVALID_VALUE_BYTE.search(reason) is not None:
             raise limits.bad("invalid character in reason phrase")
 
-        framing, length = _declared_framing(version, headers, limits)
+        fields = _framing_fields(headers)
+        framing, length = _declared_framing(version, fields, limits)
         _check_with_llhttp(head, httptools.HttpResponseParser, headers, limits)
 
-        keep_alive = _keep_alive(version, headers)
+        keep_alive = _keep_alive(version, fields)
         if request_method == b"HEAD" or status < 200 or status in _NO_BODY_STATUSES:
             framing, length = Framing.NONE, None
         elif framing is None:
