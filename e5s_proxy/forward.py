@@ -41,6 +41,10 @@ from e5s_proxy.metrics import Metrics
 from e5s_proxy.pool import ConnectError, ConnectionPool, UpstreamConnection
 from e5s_proxy.transport import disable_nagle, send
 
+# The connection timer is armed no further ahead than the shortest timeout,
+# and no less than this many seconds, so an idle connection wakes rarely.
+TIMER_STEP_FLOOR = 1.0
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -136,7 +140,6 @@ class Exchange:
     response_bytes: int = 0
     started: float = 0.0
     retried: bool = False
-    timers: list[IDelayedCall] = field(default_factory=list)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -158,8 +161,15 @@ class Forwarder(protocol.Protocol):
         self._exchange: Exchange | None = None
         self._closing = False
         self._gate: ReadGate | None = None
+        # One armed call serves the idle, request head and response timeouts:
+        # `_set_timer` moves a deadline, and the call re-arms itself for what
+        # is left when it fires early. A kept-alive request then schedules no
+        # call of its own. It is armed at most `_timer_step` ahead.
         self._timer: IDelayedCall | None = None
         self._timer_kind = ""
+        self._deadline = 0.0
+        timeouts = self._timeouts
+        self._timer_step = max(TIMER_STEP_FLOOR, min(timeouts.request_head, timeouts.idle, timeouts.response))
         self._tunnel: UpstreamConnection | None = None
         self._close_call: IDelayedCall | None = None
         self._lost = False
@@ -201,7 +211,7 @@ class Forwarder(protocol.Protocol):
             self._settings.connections.discard(self)
             self._metrics.active_connections.labels(self.direction).dec()
         self._closing = True
-        self._cancel_timer()
+        self._stop_timer()
         if self._close_call is not None and self._close_call.active():
             self._close_call.cancel()
         if self._tunnel is not None:
@@ -211,7 +221,6 @@ class Forwarder(protocol.Protocol):
             return
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
-            self._cancel_exchange_timers(exchange)
             if exchange.upstream is not None:
                 self._detach(exchange)
                 exchange.upstream.abort()
@@ -337,8 +346,7 @@ class Forwarder(protocol.Protocol):
         upstream.transport.registerProducer(self._gate, True)
         self.transport.registerProducer(exchange.upstream_gate, True)
 
-        response_timer = self._reactor.callLater(self._timeouts.response, self._response_timed_out, exchange)
-        exchange.timers.append(response_timer)
+        self._set_timer("response", self._timeouts.response)
         self._gate.resume("connecting upstream")
         self._pump()
 
@@ -419,7 +427,7 @@ class Forwarder(protocol.Protocol):
             switch_head, _, _ = response_head_for_client(
                 head, request_method=exchange.head.method, client_version=exchange.head.version, keep_alive=True
             )
-            self._cancel_exchange_timers(exchange)
+            self._cancel_response_timer()
             exchange.switching = True
             exchange.response_started = True
             exchange.status = 101
@@ -435,7 +443,7 @@ class Forwarder(protocol.Protocol):
                 self._write(interim_head)
             return
 
-        self._cancel_exchange_timers(exchange)
+        self._cancel_response_timer()
         # The server's own keep-alive choice concerns the upstream connection
         # only; the client's connection stays open unless the client asked
         # for close.
@@ -551,7 +559,7 @@ class Forwarder(protocol.Protocol):
             target=exchange.head.target.decode("latin-1"),
             reason=reason,
         )
-        self._cancel_exchange_timers(exchange)
+        self._cancel_response_timer()
         self._detach(exchange)
         exchange.upstream.abort()
         exchange.upstream = None
@@ -565,7 +573,7 @@ class Forwarder(protocol.Protocol):
     # Ending exchanges and connections.
 
     def _finish_exchange(self, exchange: Exchange) -> None:
-        self._cancel_exchange_timers(exchange)
+        self._cancel_response_timer()
         self._detach(exchange)
         self._exchange = None
         self._record(exchange)
@@ -592,7 +600,7 @@ class Forwarder(protocol.Protocol):
 
     def _abort_exchange(self, exchange: Exchange, status: int, reason: str) -> None:
         """End an exchange that failed; answer with ``status`` if nothing was sent yet."""
-        self._cancel_exchange_timers(exchange)
+        self._cancel_response_timer()
         if exchange.upstream is not None:
             self._detach(exchange)
             exchange.upstream.abort()
@@ -677,32 +685,45 @@ class Forwarder(protocol.Protocol):
     # Timers.
 
     def _set_timer(self, kind: str, seconds: float) -> None:
-        self._cancel_timer()
+        """Time out as ``kind`` after ``seconds``, replacing the deadline set before."""
         self._timer_kind = kind
-        self._timer = self._reactor.callLater(seconds, self._timed_out)
+        self._deadline = self._reactor.seconds() + seconds
+        timer = self._timer
+        if timer is not None:
+            if timer.getTime() <= self._deadline:
+                return
+            timer.cancel()
+        self._timer = self._reactor.callLater(min(seconds, self._timer_step), self._timer_fired)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        # The armed call stays for the next deadline; alone, it finds no kind and stops.
         self._timer_kind = ""
 
-    def _timed_out(self) -> None:
-        kind, self._timer, self._timer_kind = self._timer_kind, None, ""
+    def _cancel_response_timer(self) -> None:
+        if self._timer_kind == "response":
+            self._timer_kind = ""
+
+    def _stop_timer(self) -> None:
+        self._timer_kind = ""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if not kind:
+            return
+        left = self._deadline - self._reactor.seconds()
+        if left > 0:
+            self._timer = self._reactor.callLater(min(left, self._timer_step), self._timer_fired)
+            return
+        self._timer_kind = ""
         if kind == "request head":
             self.log.info("{direction}: request head from {peer} timed out", direction=self.direction, peer=self.peer)
             self._answer_and_close(408, "request head not received in time")
-            return
-        self._close()
+        elif kind == "response":
+            self.response_failed(f"no response within {self._timeouts.response:g}s", 504)
+        else:
+            self._close()
 
-    def _response_timed_out(self, exchange: Exchange) -> None:
-        if self._exchange is not exchange:
-            return
-        self.response_failed(f"no response within {self._timeouts.response:g}s", 504)
-
-    @staticmethod
-    def _cancel_exchange_timers(exchange: Exchange) -> None:
-        for timer in exchange.timers:
-            if timer.active():
-                timer.cancel()
-        exchange.timers.clear()

@@ -19,6 +19,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IReactorTime,
@@ -73,7 +74,7 @@ class UpstreamConnection(protocol.Protocol):
         self.pool: ConnectionPool | None = None
         self.reusable = True
         self.closed = False
-        self.idle_call = None
+        self.idle_until = 0.0  # when a pooled idle connection expires
         self.tunnel: ResponseListener | None = None
         self.expires_at: float | None = None  # Unix time after which the connection is not reused (TLS only)
         self.reused = False  # taken from the pool's idle connections, not freshly opened
@@ -257,14 +258,16 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
+        # Oldest on the left, so expiry times rise from left to right; one
+        # call, armed for the leftmost, expires them all.
         self._idle: deque[UpstreamConnection] = deque()
+        self._expiry_call: IDelayedCall | None = None
 
     def take_idle(self) -> UpstreamConnection | None:
         """Return the most recently used idle connection that can carry a request, if any."""
         now = time.time()
         while self._idle:
             connection = self._idle.pop()
-            self._cancel_idle_timer(connection)
             if connection.closed:
                 continue
             if connection.expired(now):
@@ -306,34 +309,34 @@ class ConnectionPool:
         if len(self._idle) >= self._max_idle:
             connection.abort()
             return
-        connection.idle_call = self._reactor.callLater(self._idle_timeout, self._expire, connection)
+        connection.idle_until = self._reactor.seconds() + self._idle_timeout
         self._idle.append(connection)
+        if self._expiry_call is None:
+            self._expiry_call = self._reactor.callLater(self._idle_timeout, self._expire_idle)
 
     def forget(self, connection: UpstreamConnection) -> None:
         """Drop a connection that closed, idle or not."""
-        self._cancel_idle_timer(connection)
         try:
             self._idle.remove(connection)
         except ValueError:
             pass
 
     def close_idle(self) -> None:
+        if self._expiry_call is not None:
+            self._expiry_call.cancel()
+            self._expiry_call = None
         while self._idle:
-            connection = self._idle.pop()
-            self._cancel_idle_timer(connection)
-            connection.abort()
+            self._idle.pop().abort()
 
-    def _expire(self, connection: UpstreamConnection) -> None:
-        connection.idle_call = None
-        self.forget(connection)
-        if connection.transport is not None:
-            connection.transport.loseConnection()
-
-    @staticmethod
-    def _cancel_idle_timer(connection: UpstreamConnection) -> None:
-        if connection.idle_call is not None and connection.idle_call.active():
-            connection.idle_call.cancel()
-        connection.idle_call = None
+    def _expire_idle(self) -> None:
+        self._expiry_call = None
+        now = self._reactor.seconds()
+        while self._idle and self._idle[0].idle_until <= now:
+            connection = self._idle.popleft()
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+        if self._idle:
+            self._expiry_call = self._reactor.callLater(self._idle[0].idle_until - now, self._expire_idle)
 
 
 def describe_connect_failure(target: str, failure: Failure) -> ConnectError:

@@ -53,6 +53,7 @@ def _idle(transport: tcp.Connection) -> bool:
     return (
         transport.connected
         and not transport.disconnecting
+        and not transport._aborting
         and not transport._writeDisconnected
         and not transport.TLS
         and not transport._tempDataLen
@@ -66,8 +67,8 @@ def disable_nagle(transport: object) -> None:
     A proxy writes a head and a body, or a request and the next one, in
     separate calls; with Nagle's algorithm the second waits for the ACK of
     the first, which the peer may delay. TLS wrappers pass the call on to
-    their TCP transport. Transports without the option (tests, Unix sockets)
-    are left alone.
+    their TCP transport. Transports without the option (in-memory test
+    transports) are left alone, and Unix sockets ignore it.
     """
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is None:

@@ -134,6 +134,54 @@ def test_idle_timeout_closes_connection():
     assert transport.disconnecting
 
 
+def test_request_head_timeout_not_before_deadline():
+    forwarder, transport, _, clock = make_forwarder()
+    clock.advance(5)
+    forwarder.dataReceived(b"GET /slow HTTP/1.1\r\n")
+    clock.advance(9.9)
+    assert transport.value() == b""
+
+
+def test_request_head_timeout_counts_from_first_byte():
+    forwarder, transport, _, clock = make_forwarder()
+    clock.advance(5)
+    forwarder.dataReceived(b"GET /slow HTTP/1.1\r\n")
+    clock.advance(10)
+    assert transport.value().startswith(b"HTTP/1.1 408")
+
+
+def test_idle_timeout_restarts_after_each_exchange():
+    forwarder, transport, pool, clock = make_forwarder()
+    clock.advance(50)
+    forwarder.dataReceived(b"GET /a HTTP/1.1\r\nHost: l\r\n\r\n")
+    pool.connections[0].dataReceived(OK)
+    clock.advance(59.9)
+    assert not transport.disconnecting
+
+
+def test_idle_timeout_after_exchange_closes_connection():
+    forwarder, transport, pool, clock = make_forwarder()
+    clock.advance(50)
+    forwarder.dataReceived(b"GET /a HTTP/1.1\r\nHost: l\r\n\r\n")
+    pool.connections[0].dataReceived(OK)
+    clock.advance(60)
+    assert transport.disconnecting
+
+
+def test_response_timeout_stops_at_response_head():
+    forwarder, transport, pool, clock = make_forwarder()
+    forwarder.dataReceived(b"GET /a HTTP/1.1\r\nHost: l\r\n\r\n")
+    pool.connections[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    clock.advance(31)
+    assert b"504" not in transport.value()
+
+
+def test_closed_connection_leaves_no_timer():
+    forwarder, _, _, clock = make_forwarder()
+    forwarder.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
 def test_malformed_request_answers_400_without_upstream():
     forwarder, transport, pool, _ = make_forwarder()
     forwarder.dataReceived(b"POST / HTTP/1.1\r\nHost: l\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
