@@ -47,9 +47,11 @@ class Recorder(Protocol):
 
     def __init__(self) -> None:
         self.received = b""
+        self.calls = 0
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        self.calls += 1
 
 
 class StubConnector:
@@ -508,14 +510,35 @@ def test_direct_tls_write_decrypts_at_peer(memory_tls):
     assert server.wrappedProtocol.received == b"request"
 
 
-def test_direct_tls_large_write_decrypts_at_peer(memory_tls):
+# Around one TLS record (16 KiB) and one flush (64 KiB) of plaintext.
+@pytest.mark.parametrize("size", [16_384, 16_385, 40_000, 65_536, 65_537, 100_000, 300_000])
+def test_direct_tls_large_write_decrypts_at_peer(memory_tls, size):
     client, server, _ = memory_tls
-    payload = os.urandom(100_000)
+    payload = os.urandom(size)
     client.wrappedProtocol.transport.write(payload)
 
     server.dataReceived(client.transport.value())
 
     assert server.wrappedProtocol.received == payload
+
+
+def test_direct_tls_delivers_records_of_one_read_at_once(memory_tls):
+    client, server, _ = memory_tls
+    client.wrappedProtocol.transport.write(os.urandom(40_000))
+
+    server.dataReceived(client.transport.value())
+
+    assert server.wrappedProtocol.calls == 1
+
+
+def test_direct_tls_delivers_data_before_close_notify(memory_tls):
+    client, server, _ = memory_tls
+    client.wrappedProtocol.transport.write(b"last words")
+    client.loseConnection()
+
+    server.dataReceived(client.transport.value())
+
+    assert server.wrappedProtocol.received == b"last words"
 
 
 def test_direct_tls_on_tcp_sends_ciphertext_at_once(reactor, sockets):
