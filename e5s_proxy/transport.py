@@ -67,6 +67,18 @@ def _idle(transport: tcp.Connection) -> bool:
     )
 
 
+def set_read_size(transport: object, size: int) -> None:
+    """Read up to ``size`` bytes per read on a TCP transport (under TLS too); others are left alone.
+
+    Twisted reads 64 KiB at most. Twisted also pauses a registered producer
+    once this many bytes wait to be written, so it bounds buffering as well.
+    """
+    while transport is not None and type(transport) not in _DIRECT_TYPES:
+        transport = getattr(transport, "transport", None) if isinstance(transport, TLSMemoryBIOProtocol) else None
+    if transport is not None:
+        transport.bufferSize = size
+
+
 def disable_nagle(transport: object) -> None:
     """Send small writes at once instead of holding them for the peer's ACK.
 

@@ -9,9 +9,11 @@ reader is dead and raises the same error again.
 Parsing is done twice: this module frames every message and checks the head
 against the RFC 9110/9112 grammar itself, and llhttp (through httptools)
 parses the same bytes independently. Both must accept a message. llhttp
-decodes the bodies, but it has no setting for a response to HEAD and it
-skips the body of an Upgrade request, so each body goes to its own llhttp
-parser primed with a minimal head that declares only the body's framing.
+decodes chunked bodies, but it has no setting for a response to HEAD and it
+skips the body of an Upgrade request, so each chunked body goes to its own
+llhttp parser primed with a minimal head that declares only the framing.
+A body framed by Content-Length or by the close of the connection is its
+bytes as they come, so it skips llhttp.
 """
 
 from __future__ import annotations
@@ -80,11 +82,9 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 _NO_BODY_STATUSES = (204, 304)
 
-# Heads that prime the llhttp parser decoding a body. They declare only the
-# framing; the method, target and status carry no meaning.
-_LENGTH_BODY_HEAD = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+# The head that primes the llhttp parser decoding a chunked body. It
+# declares only the framing; the method and target carry no meaning.
 _CHUNKED_BODY_HEAD = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-_CLOSE_BODY_HEAD = b"HTTP/1.1 200 OK\r\n\r\n"
 
 
 class _Limits:
@@ -359,23 +359,15 @@ def _check_with_llhttp(
 
 
 class _BodyDecoder:
-    """Decode one body with llhttp, given exactly the bytes of that body."""
+    """Decode one chunked body with llhttp, given exactly the bytes of that body."""
 
-    def __init__(self, framing: Framing, length: int | None, limits: _Limits) -> None:
+    def __init__(self, limits: _Limits) -> None:
         self._limits = limits
         self._pieces: list[bytes] = []
         self._messages = 0
         self.complete = False
-
-        if framing is Framing.CLOSE:
-            self._parser = httptools.HttpResponseParser(self)
-            self._parser.feed_data(_CLOSE_BODY_HEAD)
-        elif framing is Framing.CHUNKED:
-            self._parser = httptools.HttpRequestParser(self)
-            self._parser.feed_data(_CHUNKED_BODY_HEAD)
-        else:
-            self._parser = httptools.HttpRequestParser(self)
-            self._parser.feed_data(_LENGTH_BODY_HEAD % length)
+        self._parser = httptools.HttpRequestParser(self)
+        self._parser.feed_data(_CHUNKED_BODY_HEAD)
 
     def on_message_begin(self) -> None:
         self._messages += 1
@@ -532,9 +524,15 @@ class _Body:
     def __init__(self, framing: Framing, length: int | None, limits: _Limits) -> None:
         self.framing = framing
         self.remaining = length or 0
-        self.decoder = _BodyDecoder(framing, length, limits)
-        self.framer = _ChunkedFramer(limits) if framing is Framing.CHUNKED else None
+        chunked = framing is Framing.CHUNKED
+        self.decoder = _BodyDecoder(limits) if chunked else None
+        self.framer = _ChunkedFramer(limits) if chunked else None
         self._limits = limits
+
+    def take_part(self, data: bytes) -> Data:
+        """Take ``data``, shorter than what remains of a Content-Length body, as it is."""
+        self.remaining -= len(data)
+        return Data(data)
 
     def read(self, buf: bytearray) -> tuple[list[Data | EndOfMessage], bool]:
         """Consume body bytes from ``buf`` and return (events, whether the body ended)."""
@@ -542,27 +540,40 @@ class _Body:
             framed = self.framer.take(buf)
             done = self.framer.done
         elif self.framing is Framing.LENGTH:
-            framed = bytes(buf[: self.remaining])
-            del buf[: self.remaining]
+            framed = _take_bytes(buf, self.remaining)
             self.remaining -= len(framed)
             done = self.remaining == 0
         else:
-            framed = bytes(buf)
-            buf.clear()
+            framed = _take_bytes(buf, len(buf))
             done = False
 
         events: list[Data | EndOfMessage] = []
-        payload = self.decoder.decode(framed) if framed else b""
+        if self.decoder is None:
+            payload = framed
+        else:
+            payload = self.decoder.decode(framed) if framed else b""
         if payload:
             events.append(Data(payload))
 
         if done:
-            if not self.decoder.complete:
+            if self.decoder is not None and not self.decoder.complete:
                 raise self._limits.bad("body framing parsed differently by llhttp")
             trailers = tuple(self.framer.trailers) if self.framer else ()
             events.append(EndOfMessage(trailers))
 
         return events, done
+
+
+def _take_bytes(buf: bytearray, count: int) -> bytes:
+    """Remove and return the first ``count`` bytes of ``buf``, copying them once."""
+    if count >= len(buf):
+        taken = bytes(buf)
+        buf.clear()
+        return taken
+    with memoryview(buf) as view:
+        taken = bytes(view[:count])
+    del buf[:count]
+    return taken
 
 
 class _Reader:
@@ -593,6 +604,17 @@ class _Reader:
         self._buf.clear()
         self._closed = True
         return remaining
+
+    def _body_part(self, data: bytes) -> list | None:
+        """Return ``data`` as an event of the Content-Length body in progress, if it falls inside it.
+
+        This skips the buffer for the bulk of a large body: nothing is
+        buffered then, and the body does not end within ``data``.
+        """
+        body = self._body
+        if body is None or self._buf or body.framing is not Framing.LENGTH or len(data) >= body.remaining:
+            return None
+        return [body.take_part(data)] if data else []
 
     def _read_body(self, events: list) -> bool:
         """Read the current body into ``events``; return True once it ended."""
@@ -638,6 +660,10 @@ class RequestReader(_Reader):
     def feed(self, data: bytes) -> list[RequestHead | Data | EndOfMessage]:
         """Add received bytes and return the events they complete."""
         self._check_alive()
+        if not self.paused:
+            part = self._body_part(data)
+            if part is not None:
+                return part
         self._buf += data
         if self.paused:
             return []
@@ -824,6 +850,10 @@ class ResponseReader(_Reader):
     def feed(self, data: bytes) -> list[ResponseHead | Data | EndOfMessage]:
         """Add received bytes and return the events they complete."""
         self._check_alive()
+        if not self.switched:
+            part = self._body_part(data)
+            if part is not None:
+                return part
         self._buf += data
         if self.switched:
             return []
