@@ -21,7 +21,7 @@ from e5s_proxy.forward import Forwarder, ListenerSettings
 from e5s_proxy.http import RequestHead, request_head_for_upstream
 from e5s_proxy.identity import IdentitySnapshot
 from e5s_proxy.pool import ConnectError, ConnectionPool
-from e5s_proxy.svid import build_authorizer, describe_expected
+from e5s_proxy.svid import ChainVerifier, build_authorizer, describe_expected
 from e5s_proxy.transport import TLSClientEndpoint
 from e5s_proxy.tlsctx import ClientConnectionCreator, build_client_context, describe_tls_error
 
@@ -37,12 +37,12 @@ class UpstreamTLS:
 
     def update(self, snapshot: IdentitySnapshot) -> None:
         context = build_client_context(snapshot)
-        self._snapshot, self._context = snapshot, context
+        self._verifier, self._context = ChainVerifier(snapshot.bundles), context
 
     def creator(self) -> ClientConnectionCreator:
         host = self._config.server_host
         server_name = None if _is_ip_literal(host) else host
-        return ClientConnectionCreator(self._snapshot, self._context, self._authorizer, server_name)
+        return ClientConnectionCreator(self._verifier, self._context, self._authorizer, server_name)
 
 
 def _is_ip_literal(host: str) -> bool:

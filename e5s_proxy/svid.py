@@ -104,33 +104,77 @@ def verify_chain(
     Only the bundle of the leaf's own trust domain is trusted, so a bundle
     of trust domain X can never vouch for an ID in trust domain Y.
     """
-    if not chain:
-        raise SvidError("peer presented no certificate")
+    return ChainVerifier(bundles).verify([crypto.X509.from_cryptography(cert) for cert in chain], now)
 
-    leaf = chain[0]
-    spiffe_id = check_leaf(leaf)
 
-    authorities = bundles.get(spiffe_id.trust_domain)
-    if not authorities:
-        raise SvidError(f"no bundle for trust domain {spiffe_id.trust_domain!r}", spiffe_id, "unknown_trust_domain")
+class ChainVerifier:
+    """`verify_chain` for one set of bundles, fast for chains it has seen.
 
-    store = crypto.X509Store()
-    for authority in authorities:
-        store.add_cert(crypto.X509.from_cryptography(authority))
-    store.set_time(now)
+    Peers reconnect with the same SVID, so a chain that verified is
+    remembered by its exact bytes, with the time window in which every
+    certificate involved is valid: the chain's and all authorities of its
+    trust domain. Inside that window the same bytes give the same answer
+    against the same bundles. A new set of bundles gets a new verifier.
+    Each trust domain's authorities are also converted for OpenSSL once.
+    """
 
-    intermediates = [crypto.X509.from_cryptography(cert) for cert in chain[1:]]
-    context = crypto.X509StoreContext(store, crypto.X509.from_cryptography(leaf), intermediates)
-    try:
-        context.verify_certificate()
-    except crypto.X509StoreContextError as error:
-        raise SvidError(
-            f"certificate chain does not verify against the bundle of {spiffe_id.trust_domain!r}: {error}",
+    def __init__(self, bundles: Bundles, *, max_remembered: int = 1024) -> None:
+        self._bundles = bundles
+        self._max_remembered = max_remembered
+        self._anchors: dict[str, list[crypto.X509]] = {}
+        self._verified: dict[tuple[bytes, ...], tuple[SpiffeId, datetime.datetime, datetime.datetime]] = {}
+
+    def verify(self, chain: Sequence[crypto.X509], now: datetime.datetime) -> SpiffeId:
+        """Verify ``chain`` (leaf first, as OpenSSL hands it over) and return the leaf's SPIFFE ID."""
+        if not chain:
+            raise SvidError("peer presented no certificate")
+
+        key = tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain)
+        remembered = self._verified.get(key)
+        if remembered is not None:
+            spiffe_id, valid_from, valid_until = remembered
+            if valid_from <= now <= valid_until:
+                return spiffe_id
+
+        leaf = chain[0].to_cryptography()
+        spiffe_id = check_leaf(leaf)
+
+        authorities = self._bundles.get(spiffe_id.trust_domain)
+        if not authorities:
+            raise SvidError(f"no bundle for trust domain {spiffe_id.trust_domain!r}", spiffe_id, "unknown_trust_domain")
+
+        store = self._store(spiffe_id.trust_domain, authorities, now)
+        context = crypto.X509StoreContext(store, chain[0], list(chain[1:]))
+        try:
+            context.verify_certificate()
+        except crypto.X509StoreContextError as error:
+            raise SvidError(
+                f"certificate chain does not verify against the bundle of {spiffe_id.trust_domain!r}: {error}",
+                spiffe_id,
+                "untrusted_chain",
+            ) from None
+
+        involved = [leaf, *(cert.to_cryptography() for cert in chain[1:]), *authorities]
+        if len(self._verified) >= self._max_remembered:
+            self._verified.clear()
+        self._verified[key] = (
             spiffe_id,
-            "untrusted_chain",
-        ) from None
+            max(cert.not_valid_before_utc for cert in involved),
+            min(cert.not_valid_after_utc for cert in involved),
+        )
+        return spiffe_id
 
-    return spiffe_id
+    def _store(self, trust_domain: str, authorities: Sequence[x509.Certificate], now: datetime.datetime) -> crypto.X509Store:
+        # A store takes its verification time once: OpenSSL keeps the first
+        # time set on it, so each verification gets a new store.
+        anchors = self._anchors.get(trust_domain)
+        if anchors is None:
+            anchors = self._anchors[trust_domain] = [crypto.X509.from_cryptography(cert) for cert in authorities]
+        store = crypto.X509Store()
+        for anchor in anchors:
+            store.add_cert(anchor)
+        store.set_time(now)
+        return store
 
 
 def authorize_ids(allowed: Iterable[SpiffeId]) -> Authorizer:

@@ -5,9 +5,9 @@ builds a new one, new connections take the newest, and established
 connections keep the context they were made with.
 
 OpenSSL is given no trust store. Its verify callback defers every depth
-except the leaf, collects the chain the peer sent, and at depth 0 runs
-`svid.verify_chain` with the bundle of the peer's own trust domain, then the
-authorizer. A rejection makes OpenSSL fail the handshake with an alert.
+except the leaf, collects the chain the peer sent, and at depth 0 has the
+snapshot's `svid.ChainVerifier` check it against the bundle of the peer's
+own trust domain, then runs the authorizer. A rejection makes OpenSSL fail the handshake with an alert.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from e5s_proxy.identity import IdentitySnapshot
 from e5s_proxy.spiffeid import SpiffeId
-from e5s_proxy.svid import Authorizer, SvidError, verify_chain
+from e5s_proxy.svid import Authorizer, ChainVerifier, SvidError
 
 ALPN_HTTP11 = b"http/1.1"
 
@@ -108,7 +108,7 @@ def build_client_context(snapshot: IdentitySnapshot, *, min_version: int = SSL.T
 
 
 def make_verify_callback(
-    snapshot: IdentitySnapshot,
+    verifier: ChainVerifier,
     authorizer: Authorizer,
     verdict: PeerVerdict,
     clock: Clock = utc_now,
@@ -131,9 +131,9 @@ def make_verify_callback(
         if decided:
             return decided[0]
 
-        chain = [collected[d].to_cryptography() for d in sorted(collected)]
+        chain = [collected[d] for d in sorted(collected)]
         try:
-            spiffe_id = verify_chain(chain, snapshot.bundles, clock())
+            spiffe_id = verifier.verify(chain, clock())
             verdict.presented_id = spiffe_id
             authorizer(spiffe_id)
         except SvidError as error:
@@ -176,13 +176,13 @@ class ServerConnectionCreator:
     def update(self, snapshot: IdentitySnapshot) -> None:
         """Use ``snapshot`` for connections from now on; built before it is swapped in."""
         context = build_server_context(snapshot)
-        self._snapshot, self._context = snapshot, context
+        self._verifier, self._context = ChainVerifier(snapshot.bundles), context
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         verdict = self._verdicts[tlsProtocol] = PeerVerdict()
-        callback = make_verify_callback(self._snapshot, self._authorizer, verdict, self._clock)
+        callback = make_verify_callback(self._verifier, self._authorizer, verdict, self._clock)
         connection.set_verify(_VERIFY_FLAGS, callback)
         return connection
 
@@ -200,13 +200,13 @@ class ClientConnectionCreator:
 
     def __init__(
         self,
-        snapshot: IdentitySnapshot,
+        verifier: ChainVerifier,
         context: SSL.Context,
         authorizer: Authorizer,
         server_name: str | None,
         clock: Clock = utc_now,
     ) -> None:
-        self._snapshot = snapshot
+        self._verifier = verifier
         self._context = context
         self._authorizer = authorizer
         self._server_name = server_name
@@ -218,6 +218,6 @@ class ClientConnectionCreator:
         connection.set_app_data(tlsProtocol)
         if self._server_name:
             connection.set_tlsext_host_name(self._server_name.encode("idna"))
-        callback = make_verify_callback(self._snapshot, self._authorizer, self.verdict, self._clock)
+        callback = make_verify_callback(self._verifier, self._authorizer, self.verdict, self._clock)
         connection.set_verify(_VERIFY_FLAGS, callback)
         return connection

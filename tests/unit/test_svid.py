@@ -7,8 +7,11 @@ import datetime
 import pytest
 
 from e5s_proxy.spiffeid import SpiffeId
+from OpenSSL import crypto
+
 from e5s_proxy.svid import (
     AuthorizationError,
+    ChainVerifier,
     SvidError,
     authorize_ids,
     authorize_trust_domains,
@@ -149,3 +152,72 @@ def test_unauthorized_kind():
     with pytest.raises(AuthorizationError) as caught:
         authorize_trust_domains(["example.org"])(SpiffeId("other.org", "/web"))
     assert caught.value.kind == "unauthorized"
+
+
+def as_openssl(*certs) -> list[crypto.X509]:
+    return [crypto.X509.from_cryptography(cert) for cert in certs]
+
+
+def test_chain_verifier_accepts_chain_again():
+    cert, _ = make_svid(EXAMPLE, ["spiffe://example.org/web"])
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})
+    verifier.verify(as_openssl(cert), NOW)
+    assert verifier.verify(as_openssl(cert), NOW) == SpiffeId("example.org", "/web")
+
+
+def test_chain_verifier_rejects_remembered_chain_after_expiry():
+    cert, _ = make_svid(EXAMPLE, ["spiffe://example.org/web"], not_after=NOW + datetime.timedelta(minutes=1))
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})
+    verifier.verify(as_openssl(cert), NOW)
+    with pytest.raises(SvidError, match="expired"):
+        verifier.verify(as_openssl(cert), NOW + datetime.timedelta(minutes=2))
+
+
+def test_chain_verifier_rejects_remembered_chain_before_validity():
+    cert, _ = make_svid(EXAMPLE, ["spiffe://example.org/web"], not_before=NOW - datetime.timedelta(minutes=1))
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})
+    verifier.verify(as_openssl(cert), NOW)
+    with pytest.raises(SvidError, match="not yet valid"):
+        verifier.verify(as_openssl(cert), NOW - datetime.timedelta(minutes=2))
+
+
+def test_chain_verifier_does_not_remember_failures():
+    forged, _ = make_svid(OTHER, ["spiffe://example.org/web"])
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})
+    with pytest.raises(SvidError):
+        verifier.verify(as_openssl(forged), NOW)
+    with pytest.raises(SvidError, match="does not verify"):
+        verifier.verify(as_openssl(forged), NOW)
+
+
+def test_chain_verifier_tells_apart_chains_of_same_id():
+    genuine, _ = make_svid(EXAMPLE, ["spiffe://example.org/web"])
+    forged, _ = make_svid(OTHER, ["spiffe://example.org/web"])
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})
+    verifier.verify(as_openssl(genuine), NOW)
+    with pytest.raises(SvidError, match="does not verify"):
+        verifier.verify(as_openssl(forged), NOW)
+
+
+def test_chain_verifier_of_new_bundles_forgets_chains():
+    cert, _ = make_svid(EXAMPLE, ["spiffe://example.org/web"])
+    ChainVerifier({"example.org": [EXAMPLE.cert]}).verify(as_openssl(cert), NOW)
+    with pytest.raises(SvidError, match="does not verify"):
+        ChainVerifier({"example.org": [OTHER.cert]}).verify(as_openssl(cert), NOW)
+
+
+def test_chain_verifier_limits_remembered_chains():
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]}, max_remembered=2)
+    for name in ("a", "b", "c"):
+        cert, _ = make_svid(EXAMPLE, [f"spiffe://example.org/{name}"])
+        verifier.verify(as_openssl(cert), NOW)
+    assert len(verifier._verified) <= 2
+
+
+def test_chain_verifier_checks_each_chain_at_its_own_time():
+    first, _ = make_svid(EXAMPLE, ["spiffe://example.org/first"])
+    short, _ = make_svid(EXAMPLE, ["spiffe://example.org/short"], not_after=NOW + datetime.timedelta(minutes=1))
+    verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})
+    verifier.verify(as_openssl(first), NOW)
+    with pytest.raises(SvidError, match="expired"):
+        verifier.verify(as_openssl(short), NOW + datetime.timedelta(minutes=2))

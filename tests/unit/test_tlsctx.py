@@ -6,7 +6,7 @@ import pytest
 from OpenSSL import SSL
 
 from e5s_proxy.spiffeid import SpiffeId
-from e5s_proxy.svid import authorize_ids, authorize_trust_domains
+from e5s_proxy.svid import ChainVerifier, authorize_ids, authorize_trust_domains
 from e5s_proxy.tlsctx import ClientConnectionCreator, ServerConnectionCreator, build_client_context, describe_tls_error
 from tests.pki import make_authority, make_snapshot
 
@@ -56,7 +56,7 @@ def handshake(server: SSL.Connection, client: SSL.Connection) -> tuple[Exception
 def connect(server_creator, client_snapshot, authorizer=None, server_name="server.example"):
     authorizer = authorizer or authorize_ids([SpiffeId("example.org", "/server")])
     client_creator = ClientConnectionCreator(
-        client_snapshot, build_client_context(client_snapshot), authorizer, server_name
+        ChainVerifier(client_snapshot.bundles), build_client_context(client_snapshot), authorizer, server_name
     )
     server_protocol = FakeTLSProtocol()
     server = server_creator.serverConnectionForTLS(server_protocol)
@@ -145,7 +145,9 @@ def test_inbound_rejects_old_tls_versions(version):
     context = build_client_context(snapshot)
     context.set_max_proto_version(version)
     context.set_min_proto_version(version)
-    client_creator = ClientConnectionCreator(snapshot, context, authorize_trust_domains(["example.org"]), None)
+    client_creator = ClientConnectionCreator(
+        ChainVerifier(snapshot.bundles), context, authorize_trust_domains(["example.org"]), None
+    )
     server = creator.serverConnectionForTLS(FakeTLSProtocol())
     server.set_accept_state()
     client = client_creator.clientConnectionForTLS(FakeTLSProtocol())

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from e5s_proxy.spiffeid import SpiffeId
-from e5s_proxy.svid import authorize_ids
+from e5s_proxy.svid import ChainVerifier, authorize_ids
 from e5s_proxy.tlsctx import ClientConnectionCreator, ServerConnectionCreator, build_client_context
 from e5s_proxy.transport import DirectTLSProtocol, TLSClientEndpoint, disable_nagle, send
 from tests.pki import make_authority, make_snapshot
@@ -86,7 +86,9 @@ def server_creator() -> ServerConnectionCreator:
 def client_creator() -> ClientConnectionCreator:
     snapshot = make_snapshot(EXAMPLE, CLIENT_ID)
     authorizer = authorize_ids([SpiffeId("example.org", "/server")])
-    return ClientConnectionCreator(snapshot, build_client_context(snapshot), authorizer, "server.example")
+    return ClientConnectionCreator(
+        ChainVerifier(snapshot.bundles), build_client_context(snapshot), authorizer, "server.example"
+    )
 
 
 @pytest.fixture
