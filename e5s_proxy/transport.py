@@ -22,8 +22,8 @@ from zope.interface import implementer
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 
-# Transports whose internals ``send`` knows. Subclasses (Unix sockets with
-# descriptor passing, TLS started in the transport itself) write their own way.
+# Transports whose buffer fields ``send`` reads. Subclasses (Unix sockets with
+# descriptor passing, for one) write their own way and get the buffered write.
 _DIRECT_TYPES = (tcp.Server, tcp.Client)
 
 # As much as Twisted's TLS protocol reads from OpenSSL at once, ciphertext
@@ -46,8 +46,8 @@ def send(transport: object, data: bytes) -> None:
         try:
             sent = transport.socket.send(data)
         except OSError:
-            # Would block, interrupted, or broken: the buffered write below
-            # retries it and, on a real error, closes the connection.
+            # The socket would block, or failed. The buffered write below
+            # retries later and, on a real error, closes the connection.
             sent = 0
         if sent == len(data):
             return
@@ -80,12 +80,11 @@ def set_read_size(transport: object, size: int) -> None:
 
 
 def disable_nagle(transport: object) -> None:
-    """Send small writes at once instead of holding them for the peer's ACK.
+    """Set TCP_NODELAY, so that small writes leave at once instead of waiting for the peer's ACK.
 
-    A proxy writes a head and a body, or a request and the next one, in
-    separate calls; with Nagle's algorithm the second waits for the ACK of
-    the first, which the peer may delay. TLS wrappers pass the call on to
-    their TCP transport. Transports without the option (in-memory test
+    A proxy may write a head and a body in separate calls. With Nagle's
+    algorithm the second write waits for the ACK of the first, which the
+    peer may delay. TLS wrappers pass the call on to their TCP transport. Transports without the option (in-memory test
     transports) are left alone, and Unix sockets ignore it.
     """
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
@@ -100,9 +99,9 @@ def disable_nagle(transport: object) -> None:
 class DirectTLSProtocol(TLSMemoryBIOProtocol):
     """TLS that moves bytes in fewer, larger pieces than Twisted's own.
 
-    - Ciphertext goes out through ``send`` as soon as OpenSSL produces it;
-      the protocols above gather their writes where it matters (a response
-      head and its body), which costs less than Twisted's buffering TLS
+    - Ciphertext goes out through ``send`` as soon as OpenSSL produces it.
+      The protocols above join their writes where it matters (a response
+      head and its body). That costs less than Twisted's buffering TLS
       transport, whose writes wait for the next reactor turn.
     - A write sends the ciphertext of up to four records in one system
       call, where Twisted makes one per 16 KiB record, and it slices the
@@ -123,7 +122,7 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
             try:
                 offset += tls.send(view[offset:])
             except WantReadError:
-                # Only during a handshake: Twisted keeps the rest for later.
+                # OpenSSL must read before it can write, as during a handshake. Twisted buffers the rest.
                 self._bufferedWrite(bytes(view[offset:]))
                 break
             except Error:
@@ -144,7 +143,7 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
                 break
             pieces.append(piece)
             if len(piece) < _TLS_READ_SIZE:
-                # A memory BIO returns all it holds up to the size asked.
+                # A memory BIO returns everything it contains, up to the size requested.
                 break
         if pieces:
             send(self.transport, pieces[0] if len(pieces) == 1 else b"".join(pieces))
@@ -168,7 +167,8 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
         if received and not self._aborted:
             ProtocolWrapper.dataReceived(self, received[0] if len(received) == 1 else b"".join(received))
         if closed and not self._lostTLSConnection:
-            # The peer's close_notify: TLS is over, the transport's close reason follows.
+            # The peer sent close_notify. Passing None makes the protocol's
+            # connectionLost get the TCP transport's close reason, as in Twisted.
             self._shutdownTLS()
             self._tlsShutdownFinished(None)
         elif failure is not None and not self._lostTLSConnection:
