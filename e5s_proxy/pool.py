@@ -272,11 +272,14 @@ class ConnectionPool:
     def take_idle(self) -> UpstreamConnection | None:
         """Return the most recently used idle connection that can carry a request, if any."""
         now = time.time()
+        idle_now = self._reactor.seconds()
         while self._idle:
             connection = self._idle.pop()
             if connection.closed:
                 continue
-            if connection.expired(now):
+            if connection.expired(now) or connection.idle_until <= idle_now:
+                # A certificate about to expire, or an idle timeout whose
+                # call is late: the server may be closing it already.
                 connection.abort()
                 continue
             connection.reused = True

@@ -134,6 +134,10 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
                 self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
+        if self._aborted:
+            # Twisted buffers the close_notify of an abort and the abort drops
+            # it. Sent, it would mark a cut close-delimited body as complete.
+            return
         tls = self._tlsConnection
         pieces = []
         while True:

@@ -66,10 +66,16 @@ _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(;[\t\x20-\x7e]*)?")
 # a colon, then a value of field-vchars with single spaces or tabs inside and
 # optional whitespace around. `_FIELD_LINE.findall` yields (name, value)
 # pairs with the value already stripped. Anything else takes the line-by-line
-# path, which names the fault.
-_FIELD_LINE_TEXT = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\x21-\x7e\x80-\xff]+(?:[\t ]+[\x21-\x7e\x80-\xff]+)*)?)[\t ]*\r\n"
+# path, which names the fault. The quantifiers are possessive and each line
+# is atomic, so a line matches in one way only and a failing section costs
+# linear time: with backtracking, empty values between whitespace made the
+# match exponential in the number of lines.
+_FIELD_LINE_TEXT = (
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]++):[\t ]*+"
+    rb"((?:[\x21-\x7e\x80-\xff]++(?:[\t ]++[\x21-\x7e\x80-\xff]++)*+)?+)[\t ]*+\r\n"
+)
 _FIELD_LINE = re.compile(_FIELD_LINE_TEXT)
-_FIELD_SECTION = re.compile(rb"(?:" + _FIELD_LINE_TEXT + rb")*")
+_FIELD_SECTION = re.compile(rb"(?>" + _FIELD_LINE_TEXT + rb")*+")
 
 # Lower-cased names of the fields that framing, keep-alive, upgrades and
 # the Host check depend on.

@@ -129,3 +129,12 @@ def test_close_idle_cancels_expiry_call():
     pool.release(open_connection())
     pool.close_idle()
     assert clock.getDelayedCalls() == []
+
+
+def test_take_idle_skips_connection_past_idle_timeout():
+    clock = Clock()
+    pool = make_pool(clock)
+    pool.release(open_connection())
+    # Time passes but the expiry call has not run yet, as when the reactor is busy.
+    clock.rightNow += 60
+    assert pool.take_idle() is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e5s_proxy.http import HttpError
+from e5s_proxy.http import HttpError, RequestReader, ResponseReader
 from e5s_proxy.http.reader import _Limits, _split_head, _split_head_by_line
 
 LIMITS = _Limits(bad_status=400, long_line_status=414, large_head_status=431, max_head_size=65536, max_header_count=4)
@@ -45,3 +47,64 @@ def test_split_head_keeps_empty_value() -> None:
 def test_split_head_counts_fields_against_limit() -> None:
     head = b"GET / HTTP/1.1\r\n" + b"A: 1\r\n" * 5 + b"\r\n"
     assert outcome(_split_head, head) == (431, "more than 4 header fields")
+
+
+# Seconds a head of a few hundred bytes may take to read. The line-by-line
+# reading takes well under a millisecond.
+HEAD_TIME_LIMIT = 2
+
+
+def read_with_time_limit(reader, head: bytes) -> object:
+    """Feed ``head`` to ``reader`` and fail the test if that takes longer than HEAD_TIME_LIMIT.
+
+    SIGALRM interrupts the regular expression engine, which checks for
+    signals while it backtracks, so a slow match fails the test instead of
+    hanging it.
+    """
+
+    def time_out(signum, frame):
+        raise AssertionError(f"reading a {len(head)}-byte head took more than {HEAD_TIME_LIMIT}s")
+
+    previous = signal.signal(signal.SIGALRM, time_out)
+    signal.alarm(HEAD_TIME_LIMIT)
+    try:
+        return reader.feed(head)
+    except HttpError as error:
+        return (error.status, error.reason)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# Each empty value with whitespace can be split two ways between the
+# whitespace before and after it, so a regular expression that backtracks
+# over them tries 2**40 splits before it gives up on the bad line.
+EMPTY_VALUES_THEN_BAD_LINE = b"A: \r\n" * 40 + b"B: \x00\r\n"
+
+
+def test_request_head_empty_values_time() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + EMPTY_VALUES_THEN_BAD_LINE + b"\r\n"
+
+    outcome = read_with_time_limit(RequestReader(), head)
+
+    assert outcome == (400, "invalid character in value of header 'B'")
+
+
+def test_response_head_empty_values_time() -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + EMPTY_VALUES_THEN_BAD_LINE + b"\r\n"
+    reader = ResponseReader()
+    reader.expect(b"GET")
+
+    outcome = read_with_time_limit(reader, head)
+
+    assert outcome == (502, "invalid character in value of header 'B'")
+
+
+def test_request_head_long_whitespace_time() -> None:
+    # One line: the whitespace before an empty value and after it split
+    # 60,000 spaces in about 1.8e9 ways.
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nA:" + b" " * 60_000 + b"b\x00\r\n\r\n"
+
+    outcome = read_with_time_limit(RequestReader(), head)
+
+    assert outcome == (400, "invalid character in value of header 'A'")
