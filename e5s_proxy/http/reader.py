@@ -576,8 +576,9 @@ def _take_bytes(buf: bytearray, count: int) -> bytes:
         taken = bytes(buf)
         buf.clear()
         return taken
-    with memoryview(buf) as view:
-        taken = bytes(view[:count])
+    # Both views are released before the resize, which a live view forbids.
+    with memoryview(buf) as view, view[:count] as part:
+        taken = bytes(part)
     del buf[:count]
     return taken
 
