@@ -38,9 +38,9 @@ from e5s_proxy.transport import disable_nagle, send, set_read_size
 # client certificate expired, and a request sent just then would race it.
 REUSE_MARGIN = 2.0
 
-# Bytes per read from a socket, and bytes waiting to be written before the
-# other side stops reading; larger than Twisted's 64 KiB to move large
-# bodies in fewer steps.
+# Bytes per read from a socket. It also bounds the bytes waiting to be
+# written before the other side stops reading. Twisted's default is 64 KiB,
+# and a larger size moves large bodies in fewer steps.
 READ_SIZE = 256 * 1024
 
 

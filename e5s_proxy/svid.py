@@ -108,14 +108,15 @@ def verify_chain(
 
 
 class ChainVerifier:
-    """`verify_chain` for one set of bundles, fast for chains it has seen.
+    """Chain check of `verify_chain` for one set of bundles, fast for chains it has verified before.
 
     Peers reconnect with the same SVID, so a chain that verified is
     remembered by its exact bytes, with the time window in which every
     certificate involved is valid: the chain's and all authorities of its
-    trust domain. Inside that window the same bytes give the same answer
-    against the same bundles. A new set of bundles gets a new verifier.
-    Each trust domain's authorities are also converted for OpenSSL once.
+    trust domain. Inside that window the same bytes verify the same way
+    against the same bundles, so the result is reused. A new set of bundles
+    gets a new verifier. Each trust domain's authorities are converted for
+    OpenSSL once.
     """
 
     def __init__(self, bundles: Bundles, *, max_remembered: int = 1024) -> None:

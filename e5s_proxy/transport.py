@@ -73,10 +73,11 @@ def set_read_size(transport: object, size: int) -> None:
     Twisted reads 64 KiB at most. Twisted also pauses a registered producer
     once this many bytes wait to be written, so it bounds buffering as well.
     """
-    while transport is not None and type(transport) not in _DIRECT_TYPES:
-        transport = getattr(transport, "transport", None) if isinstance(transport, TLSMemoryBIOProtocol) else None
-    if transport is not None:
-        transport.bufferSize = size
+    while type(transport) not in _DIRECT_TYPES:
+        if not isinstance(transport, TLSMemoryBIOProtocol):
+            return
+        transport = transport.transport
+    transport.bufferSize = size
 
 
 def disable_nagle(transport: object) -> None:

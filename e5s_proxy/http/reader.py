@@ -12,8 +12,8 @@ parses the same bytes independently. Both must accept a message. llhttp
 decodes chunked bodies, but it has no setting for a response to HEAD and it
 skips the body of an Upgrade request, so each chunked body goes to its own
 llhttp parser primed with a minimal head that declares only the framing.
-A body framed by Content-Length or by the close of the connection is its
-bytes as they come, so it skips llhttp.
+A body framed by Content-Length or by the close of the connection is taken
+as it comes, without llhttp.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from e5s_proxy.spiffeid import SpiffeId
 from e5s_proxy.svid import ChainVerifier, authorize_ids
 from e5s_proxy.tlsctx import ClientConnectionCreator, ServerConnectionCreator, build_client_context
-from e5s_proxy.transport import DirectTLSProtocol, TLSClientEndpoint, disable_nagle, send
+from e5s_proxy.transport import DirectTLSProtocol, TLSClientEndpoint, disable_nagle, send, set_read_size
 from tests.pki import make_authority, make_snapshot
 
 EXAMPLE = make_authority("example.org")
@@ -421,6 +421,34 @@ def test_disable_nagle_through_tls_wrapper(reactor, sockets):
     disable_nagle(tls_protocol)
 
     assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_set_read_size_on_tcp_transport(reactor, sockets):
+    transport, _ = connect_server(reactor, sockets)
+
+    set_read_size(transport, 256 * 1024)
+
+    assert transport.bufferSize == 256 * 1024
+
+
+def test_set_read_size_through_tls_wrapper(reactor, sockets):
+    transport, _ = connect_server(reactor, sockets)
+    factory = TLSMemoryBIOFactory(server_creator(), False, Factory.forProtocol(Recorder), clock=Clock())
+    factory.protocol = DirectTLSProtocol
+    tls_protocol = factory.buildProtocol(transport.getPeer())
+    tls_protocol.makeConnection(transport)
+
+    set_read_size(tls_protocol, 256 * 1024)
+
+    assert transport.bufferSize == 256 * 1024
+
+
+def test_set_read_size_leaves_string_transport_alone():
+    transport = StringTransport()
+
+    set_read_size(transport, 256 * 1024)
+
+    assert not hasattr(transport, "bufferSize")
 
 
 def test_disable_nagle_leaves_string_transport_alone():
