@@ -571,7 +571,8 @@ def test_direct_tls_delivers_data_before_close_notify(memory_tls):
     assert server.wrappedProtocol.received == b"last words"
 
 
-def test_direct_tls_on_tcp_sends_ciphertext_at_once(reactor, sockets):
+def handshake_over_tcp(reactor, sockets):
+    """Connect a server `DirectTLSProtocol` on a loopback ``tcp.Server`` to an in-memory client; finish the handshake."""
     transport, peer = connect_server(reactor, sockets)
     clock = Clock()
     server = build_tls(server_creator(), False, clock, transport)
@@ -590,6 +591,12 @@ def test_direct_tls_on_tcp_sends_ciphertext_at_once(reactor, sockets):
         if to_client:
             client.dataReceived(to_client)
     assert server._handshakeDone, "server handshake did not finish"
+    return server, client, peer
+
+
+def test_direct_tls_on_tcp_sends_ciphertext_at_once(reactor, sockets):
+    server, client, peer = handshake_over_tcp(reactor, sockets)
+
     server.wrappedProtocol.transport.write(b"response")
     client.dataReceived(receive_pending(peer))
 
@@ -632,26 +639,6 @@ def test_tls_client_endpoint_sends_client_hello(default_clock):
 
     # A TLS handshake record starts with content type 22.
     assert endpoint.protocol.transport.value()[:1] == b"\x16"
-
-
-def handshake_over_tcp(reactor, sockets):
-    """Connect a server `DirectTLSProtocol` on a loopback ``tcp.Server`` to an in-memory client; finish the handshake."""
-    transport, peer = connect_server(reactor, sockets)
-    clock = Clock()
-    server = build_tls(server_creator(), False, clock, transport)
-    client = build_tls(client_creator(), True, clock, StringTransport())
-    for _ in range(20):
-        if client._handshakeDone and server._handshakeDone:
-            break
-        to_server = client.transport.value()
-        client.transport.clear()
-        if to_server:
-            server.dataReceived(to_server)
-        to_client = receive_pending(peer, wait=0.05)
-        if to_client:
-            client.dataReceived(to_client)
-    assert server._handshakeDone, "server handshake did not finish"
-    return server, client, peer
 
 
 def test_direct_tls_abort_sends_no_close_notify(reactor, sockets):
