@@ -436,7 +436,7 @@ def run_benchmark(arguments) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark e5s-proxy against ghostunnel, nginx and direct.")
-    parser.add_argument("--quick", action="store_true", help="3 repetitions of 5 s runs (4 minutes on 2 cores without ghostunnel)")
+    parser.add_argument("--quick", action="store_true", help="3 repetitions of 5 s runs (5 minutes on 2 cores with ghostunnel)")
     parser.add_argument("--repetitions", type=int, help="runs per system and scenario (default 5, --quick 3)")
     parser.add_argument("--seconds", type=float, help="length of each run in seconds (default 10, --quick 5)")
     parser.add_argument("--ghostunnel", help="path of the ghostunnel binary; without it ghostunnel is skipped")
