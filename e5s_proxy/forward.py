@@ -38,8 +38,8 @@ from e5s_proxy.http import (
     simple_response,
 )
 from e5s_proxy.metrics import Metrics
-from e5s_proxy.pool import READ_SIZE, ConnectError, ConnectionPool, UpstreamConnection
-from e5s_proxy.transport import disable_nagle, send, set_read_size
+from e5s_proxy.pool import ConnectError, ConnectionPool, UpstreamConnection
+from e5s_proxy.transport import prepare_connection, send
 
 # The connection timer is armed no further ahead than the shortest timeout,
 # and no less than this many seconds, so an idle connection wakes rarely.
@@ -198,8 +198,7 @@ class Forwarder(protocol.Protocol):
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}".rstrip(":")
-        disable_nagle(self.transport)
-        set_read_size(self.transport, READ_SIZE)
+        prepare_connection(self.transport)
         self._gate = ReadGate(self.transport)
         self._set_timer("idle", self._timeouts.idle)
         self._settings.connections.add(self)

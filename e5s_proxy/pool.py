@@ -30,18 +30,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from e5s_proxy.http import EndOfMessage, HttpError, ResponseHead, ResponseReader
-from e5s_proxy.transport import disable_nagle, send, set_read_size
+from e5s_proxy.transport import prepare_connection, send
 
 
 # A pooled mTLS connection is not reused within this many seconds of its
 # client or server certificate expiring: the server closes connections whose
 # client certificate expired, and a request sent just then would race it.
 REUSE_MARGIN = 2.0
-
-# Bytes per read from a socket. It also bounds the bytes waiting to be
-# written before the other side stops reading. Twisted's default is 64 KiB,
-# and a larger size moves large bodies in fewer steps.
-READ_SIZE = 256 * 1024
 
 
 class ResponseListener(TypingProtocol):
@@ -86,8 +81,7 @@ class UpstreamConnection(protocol.Protocol):
         self.exchange_bytes = 0  # bytes received during the current exchange
 
     def connectionMade(self) -> None:
-        disable_nagle(self.transport)
-        set_read_size(self.transport, READ_SIZE)
+        prepare_connection(self.transport)
         if not self.tls:
             self.ready.callback(self)
 

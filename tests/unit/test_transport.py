@@ -30,7 +30,15 @@ from zope.interface import implementer
 from e5s_proxy.spiffeid import SpiffeId
 from e5s_proxy.svid import ChainVerifier, authorize_ids
 from e5s_proxy.tlsctx import ClientConnectionCreator, ServerConnectionCreator, build_client_context
-from e5s_proxy.transport import DirectTLSProtocol, TLSClientEndpoint, disable_nagle, send, set_read_size
+from e5s_proxy.transport import (
+    READ_SIZE,
+    DirectTLSProtocol,
+    TLSClientEndpoint,
+    disable_nagle,
+    prepare_connection,
+    send,
+    set_read_size,
+)
 from tests.pki import make_authority, make_snapshot
 
 EXAMPLE = make_authority("example.org")
@@ -441,6 +449,22 @@ def test_set_read_size_through_tls_wrapper(reactor, sockets):
     set_read_size(tls_protocol, 256 * 1024)
 
     assert transport.bufferSize == 256 * 1024
+
+
+def test_prepare_connection_sets_no_delay(reactor, sockets):
+    transport, _ = connect_server(reactor, sockets)
+
+    prepare_connection(transport)
+
+    assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_prepare_connection_sets_read_size(reactor, sockets):
+    transport, _ = connect_server(reactor, sockets)
+
+    prepare_connection(transport)
+
+    assert transport.bufferSize == READ_SIZE
 
 
 def test_set_read_size_leaves_string_transport_alone():
