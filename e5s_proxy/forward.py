@@ -382,9 +382,9 @@ class Forwarder(protocol.Protocol):
             self._held_writes = []
 
     def flush_writes(self) -> None:
-        held, self._held_writes = self._held_writes, None
-        if held:
-            send(self.transport, held[0] if len(held) == 1 else b"".join(held))
+        pieces, self._held_writes = self._held_writes, None
+        if pieces:
+            send(self.transport, pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def _write(self, data: bytes) -> None:
         if self._held_writes is not None:

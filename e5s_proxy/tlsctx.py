@@ -7,7 +7,8 @@ connections keep the context they were made with.
 OpenSSL is given no trust store. Its verify callback defers every depth
 except the leaf, collects the chain the peer sent, and at depth 0 has the
 snapshot's `svid.ChainVerifier` check it against the bundle of the peer's
-own trust domain, then runs the authorizer. A rejection makes OpenSSL fail the handshake with an alert.
+own trust domain, then runs the authorizer. A rejection makes OpenSSL fail
+the handshake with an alert.
 """
 
 from __future__ import annotations

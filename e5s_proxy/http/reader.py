@@ -9,7 +9,7 @@ reader is dead and raises the same error again.
 Parsing is done twice: this module frames every message and checks the head
 against the RFC 9110/9112 grammar itself, and llhttp (through httptools)
 parses the same bytes independently. Both must accept a message. llhttp
-decodes chunked bodies, but it has no setting for a response to HEAD and it
+decodes chunked bodies. It has no setting for a response to HEAD and it
 skips the body of an Upgrade request, so each chunked body goes to its own
 llhttp parser primed with a minimal head that declares only the framing.
 A body framed by Content-Length or by the close of the connection is taken
@@ -573,14 +573,14 @@ class _Body:
 def _take_bytes(buf: bytearray, count: int) -> bytes:
     """Remove and return the first ``count`` bytes of ``buf``, copying them once."""
     if count >= len(buf):
-        taken = bytes(buf)
+        prefix = bytes(buf)
         buf.clear()
-        return taken
+        return prefix
     # Both views are released before the resize, which a live view forbids.
     with memoryview(buf) as view, view[:count] as part:
-        taken = bytes(part)
+        prefix = bytes(part)
     del buf[:count]
-    return taken
+    return prefix
 
 
 class _Reader:

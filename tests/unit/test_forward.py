@@ -176,6 +176,19 @@ def test_response_timeout_stops_at_response_head():
     assert b"504" not in transport.value()
 
 
+def test_timeout_shorter_than_armed_call_fires_on_time():
+    clock = Clock()
+    settings = ListenerSettings(
+        direction="outbound", timeouts=Timeouts(request_head=0.5, idle=60, response=30), metrics=Metrics()
+    )
+    forwarder = PlainForwarder(clock, FakePool(), settings)
+    transport = StringTransport()
+    forwarder.makeConnection(transport)
+    forwarder.dataReceived(b"GET /slow HTTP/1.1\r\n")
+    clock.advance(0.5)
+    assert transport.value().startswith(b"HTTP/1.1 408")
+
+
 def test_closed_connection_leaves_no_timer():
     forwarder, _, _, clock = make_forwarder()
     forwarder.connectionLost(Failure(ConnectionDone()))

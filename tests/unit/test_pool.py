@@ -51,8 +51,8 @@ def test_take_idle_skips_closed_connection():
 
 def test_release_beyond_max_idle_aborts_connection():
     pool = make_pool(Clock(), max_idle=1)
-    kept, extra = open_connection(), open_connection()
-    pool.release(kept)
+    first, extra = open_connection(), open_connection()
+    pool.release(first)
     pool.release(extra)
     assert extra.transport.disconnecting
 
@@ -110,9 +110,9 @@ def test_reused_connection_escapes_expiry():
     pool = make_pool(clock)
     connection = open_connection()
     pool.release(connection)
-    taken = pool.take_idle()
+    reused = pool.take_idle()
     clock.advance(60)
-    assert not taken.transport.disconnecting
+    assert not reused.transport.disconnecting
 
 
 def test_close_idle_aborts_connections():

@@ -214,7 +214,7 @@ def test_chain_verifier_limits_remembered_chains():
     assert len(verifier._verified) <= 2
 
 
-def test_chain_verifier_checks_each_chain_at_its_own_time():
+def test_chain_verifier_uses_current_time_per_chain():
     first, _ = make_svid(EXAMPLE, ["spiffe://example.org/first"])
     short, _ = make_svid(EXAMPLE, ["spiffe://example.org/short"], not_after=NOW + datetime.timedelta(minutes=1))
     verifier = ChainVerifier({"example.org": [EXAMPLE.cert]})

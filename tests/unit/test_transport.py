@@ -576,7 +576,7 @@ def test_direct_tls_large_write_decrypts_at_peer(memory_tls, size):
     assert server.wrappedProtocol.received == payload
 
 
-def test_direct_tls_delivers_records_of_one_read_at_once(memory_tls):
+def test_direct_tls_delivers_read_in_one_call(memory_tls):
     client, server, _ = memory_tls
     client.wrappedProtocol.transport.write(os.urandom(40_000))
 
