@@ -55,7 +55,9 @@ class PlainForwarder(Forwarder):
         return request_head_for_upstream(head, authority=b"server", path_prefix=b"")
 
 
-def make_forwarder(pool: FakePool | None = None) -> tuple[PlainForwarder, StringTransport, FakePool, Clock]:
+def make_forwarder(
+    pool: FakePool | None = None, transport: StringTransport | None = None
+) -> tuple[PlainForwarder, StringTransport, FakePool, Clock]:
     clock = Clock()
     pool = pool or FakePool()
     settings = ListenerSettings(
@@ -64,7 +66,7 @@ def make_forwarder(pool: FakePool | None = None) -> tuple[PlainForwarder, String
         metrics=Metrics(),
     )
     forwarder = PlainForwarder(clock, pool, settings)
-    transport = StringTransport()
+    transport = transport or StringTransport()
     forwarder.makeConnection(transport)
     return forwarder, transport, pool, clock
 
@@ -84,6 +86,21 @@ def test_response_relayed_to_client():
     forwarder.dataReceived(b"GET /a HTTP/1.1\r\nHost: local\r\n\r\n")
     pool.connections[0].dataReceived(OK)
     assert transport.value() == OK
+
+
+class DroppingTransport(StringTransport):
+    """A transport that drops writes after loseConnection, as Twisted's TLS protocol does."""
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnecting:
+            super().write(data)
+
+
+def test_response_before_close_sent_whole():
+    forwarder, transport, pool, _ = make_forwarder(transport=DroppingTransport())
+    forwarder.dataReceived(b"GET /a HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+    pool.connections[0].dataReceived(OK)
+    assert transport.value().endswith(b"\r\n\r\nok")
 
 
 def test_finished_connection_returns_to_pool():
