@@ -363,6 +363,28 @@ def test_request_reader_content_length_body() -> None:
     assert events[-1] == EndOfMessage()
 
 
+def test_request_reader_length_body_in_pieces() -> None:
+    reader = RequestReader()
+    reader.feed(request(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 10"))
+
+    pieces = [reader.feed(piece) for piece in (b"abc", b"defg", b"hij")]
+
+    assert pieces[0] == [Data(b"abc")]
+    assert pieces[1] == [Data(b"defg")]
+    assert pieces[2] == [Data(b"hij"), EndOfMessage()]
+
+
+def test_request_reader_length_body_then_next_request() -> None:
+    reader = RequestReader()
+    reader.feed(request(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 4"))
+    reader.feed(b"ab")
+
+    events = reader.feed(b"cd" + GET)
+
+    assert events[:2] == [Data(b"cd"), EndOfMessage()]
+    assert isinstance(events[2], RequestHead)
+
+
 def test_request_reader_zero_length_body() -> None:
     events = read_all(request(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 0"))
 
@@ -615,6 +637,18 @@ def test_response_reader_length_body() -> None:
     assert head.keep_alive is True
     assert body_of(events) == b"hi"
     assert events[-1] == EndOfMessage()
+
+
+def test_response_reader_length_body_in_pieces() -> None:
+    reader = ResponseReader()
+    reader.expect(b"GET")
+    reader.feed(request(b"HTTP/1.1 200 OK", b"Content-Length: 6"))
+
+    pieces = [reader.feed(piece) for piece in (b"ab", b"cd", b"ef")]
+
+    assert pieces[0] == [Data(b"ab")]
+    assert pieces[1] == [Data(b"cd")]
+    assert pieces[2] == [Data(b"ef"), EndOfMessage()]
 
 
 def test_response_reader_chunked_body() -> None:
